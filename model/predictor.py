@@ -1,0 +1,239 @@
+"""Click-by-click prediction with feedback: the SAM-style ``set_image`` / ``predict`` contract.
+
+The predictor is stateless between calls: everything a later click needs (the soft probability
+map fed back to the network, the map Zoom-In tracks, the ROI) is returned as a
+:class:`PredictorState` the caller keeps anywhere and hands back. Without it, the clicks are
+replayed in order, which gives the same result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .clicks import Click, points_tensor
+from .zoom_in import Box, next_roi
+
+
+@dataclass
+class PredictorState:
+    """What one click leaves for the next.
+
+    Attributes:
+        clicks: the chronological clicks this state answers.
+        probs: HxW float32 in [0, 1], the prediction; the next click's feedback (previous mask).
+        roi_probs: HxW float32 in [0, 1], the map Zoom-In places the next ROI on. The official code
+            tracks CFFM's updated feedback M_u here, not the prediction (spec 3.1 step 5).
+        roi: the Zoom-In ROI used for this click ``(rmin, rmax, cmin, cmax)``, inclusive, or None.
+        image_id: fingerprint of the image the state belongs to.
+    """
+
+    clicks: tuple[Click, ...]
+    probs: np.ndarray
+    roi_probs: np.ndarray
+    roi: Box | None
+    image_id: str
+    meta: dict = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        """Lossless compressed serialization (``np.savez_compressed``)."""
+        buf = io.BytesIO()
+        clicks = np.array([[c.x, c.y, float(c.positive)] for c in self.clicks], dtype=np.float64).reshape(-1, 3)
+        roi = np.array(self.roi if self.roi is not None else [], dtype=np.int64)
+        same = self.roi_probs is self.probs or np.array_equal(self.roi_probs, self.probs)
+        np.savez_compressed(buf, clicks=clicks, probs=self.probs,
+                            roi_probs=np.zeros(0, np.float32) if same else self.roi_probs,
+                            roi=roi, image_id=np.array(self.image_id))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PredictorState:
+        """Inverse of :meth:`to_bytes`."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            clicks = tuple(Click(float(x), float(y), bool(p)) for x, y, p in z["clicks"])
+            probs = z["probs"].astype(np.float32)
+            roi_probs = z["roi_probs"].astype(np.float32)
+            roi = tuple(int(v) for v in z["roi"]) if z["roi"].size else None
+            return cls(clicks, probs, roi_probs if roi_probs.size else probs, roi, str(z["image_id"]))
+
+
+class FCFIPredictor:
+    """Runs an FCFI network click by click.
+
+    Args:
+        net: a network from :func:`model.build_model` or :func:`model.load_checkpoint`.
+        device: where to run; defaults to the network's device.
+        zoom_in: from the second click, crop the ROI around the object and all clicks.
+        target_size: long side of the zoomed network input (pixels).
+        expansion_ratio: ROI expansion around the object's box.
+        min_crop_size: smallest ROI side (pixels).
+        skip_clicks: clicks that always see the full image (1: only the first).
+        flip: average the prediction with that of the horizontally flipped input.
+        max_size: longest network-input side when not zoomed (big images are scaled down); 0 = none.
+        threshold: probability above which a pixel is object (0.49 as in the official code).
+        autocast_dtype: run the network under ``torch.autocast`` with this dtype (e.g. bfloat16).
+    """
+
+    def __init__(self, net: nn.Module, device: str | torch.device | None = None, zoom_in: bool = True,
+                 target_size: int = 480, expansion_ratio: float = 3.0, min_crop_size: int = 200,
+                 skip_clicks: int = 1, flip: bool = True, max_size: int = 800, threshold: float = 0.49,
+                 autocast_dtype: torch.dtype | None = None) -> None:
+        if device is None:
+            first = next(net.parameters(), None)
+            device = first.device if first is not None else torch.device("cpu")
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.zoom_in = zoom_in
+        self.target_size = int(target_size)
+        self.expansion_ratio = float(expansion_ratio)
+        self.min_crop_size = int(min_crop_size)
+        self.skip_clicks = int(skip_clicks)
+        self.flip = flip
+        self.max_size = int(max_size)
+        self.threshold = float(threshold)
+        self.autocast_dtype = autocast_dtype
+        #: network passes run so far (one per click; replay runs one per replayed click).
+        self.num_passes = 0
+        self._image: torch.Tensor | None = None
+        self._image_id = ""
+        self._size = (0, 0)
+
+    # ------------------------------------------------------------------ image
+    def set_image(self, rgb: np.ndarray) -> None:
+        """Set the image all following clicks refer to.
+
+        Args:
+            rgb: HxWx3 uint8 RGB.
+        """
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError("set_image expects an HxWx3 uint8 RGB array")
+        if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+            raise ValueError("image is empty")
+        rgb = np.ascontiguousarray(rgb)
+        self._image_id = image_fingerprint(rgb)
+        self._size = (rgb.shape[0], rgb.shape[1])
+        self._image = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255.0)
+
+    @property
+    def image_id(self) -> str:
+        """Fingerprint of the current image (states carry it to catch a mix-up)."""
+        return self._image_id
+
+    # ---------------------------------------------------------------- predict
+    def predict(self, clicks: list[Click], state: PredictorState | None = None
+                ) -> tuple[np.ndarray, PredictorState]:
+        """Probability map after the newest click.
+
+        Args:
+            clicks: all clicks so far in chronological order (image pixels); the last is the newest
+                and drives FFCM.
+            state: the state returned for a prefix of ``clicks`` (normally ``clicks[:-1]``); the
+                remaining clicks are run one network pass each. None replays every click.
+        Returns:
+            ``(probs, state)``: HxW float32 in [0, 1] (object where ``probs > threshold``) and the
+            state to pass with the next click.
+        """
+        if self._image is None:
+            raise RuntimeError("call set_image before predict")
+        clicks = tuple(clicks)
+        self._check_clicks(clicks)
+        start = 0
+        if state is not None:
+            if state.image_id != self._image_id:
+                raise ValueError("state belongs to another image")
+            k = len(state.clicks)
+            if k > len(clicks) or clicks[:k] != state.clicks:
+                raise ValueError("state does not belong to a prefix of these clicks")
+            start = k
+        for i in range(start, len(clicks)):
+            state = self._step(clicks[: i + 1], state)
+        assert state is not None
+        return state.probs, state
+
+    def _check_clicks(self, clicks: tuple[Click, ...]) -> None:
+        if not clicks:
+            raise ValueError("predict needs at least one click")
+        h, w = self._size
+        for c in clicks:
+            if not isinstance(c, Click):
+                raise TypeError(f"clicks must be model.Click, got {type(c).__name__}")
+            if not (np.isfinite(c.x) and np.isfinite(c.y) and 0 <= c.x < w and 0 <= c.y < h):
+                raise ValueError(f"click ({c.x}, {c.y}) lies outside the {w}x{h} image")
+
+    # -------------------------------------------------------------- one click
+    def _step(self, clicks: tuple[Click, ...], prev: PredictorState | None) -> PredictorState:
+        """One network pass for ``clicks[-1]`` given the state of ``clicks[:-1]``."""
+        assert self._image is not None
+        h, w = self._size
+        first = prev is None
+        prev_probs = np.zeros((h, w), np.float32) if first else prev.probs
+
+        roi: Box | None = None
+        if self.zoom_in and len(clicks) > self.skip_clicks and not first:
+            roi = next_roi(prev.roi, prev.roi_probs, clicks, self.expansion_ratio, self.min_crop_size)
+        rmin, rmax, cmin, cmax = roi if roi is not None else (0, h - 1, 0, w - 1)
+        crop_h, crop_w = rmax - rmin + 1, cmax - cmin + 1
+        scale = self.target_size / max(crop_h, crop_w) if roi is not None else 1.0
+        if self.max_size and max(crop_h, crop_w) * scale > self.max_size:
+            scale = self.max_size / max(crop_h, crop_w)
+        out_h, out_w = max(1, int(round(crop_h * scale))), max(1, int(round(crop_w * scale)))
+
+        prev_t = torch.from_numpy(prev_probs).to(self.device)[None, None]
+        x = torch.cat([self._image, prev_t], dim=1)[:, :, rmin:rmax + 1, cmin:cmax + 1]
+        if (out_h, out_w) != (crop_h, crop_w):
+            x = F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=True)
+
+        # Clicks in network-input pixels; the flipped batch entry gets x' = W - 1 - x.
+        tclicks = [(out_h * (c.y - rmin) / crop_h, out_w * (c.x - cmin) / crop_w, c.positive) for c in clicks]
+        ny, nx, npos = tclicks[-1]
+        batch_clicks = [tclicks]
+        new_points = [[int(ny), int(nx), float(npos)]]
+        if self.flip:
+            x = torch.cat([x, torch.flip(x, dims=[3])], dim=0)
+            batch_clicks.append([(y, out_w - 1 - cx, p) for y, cx, p in tclicks])
+            new_points.append([int(ny), int(out_w - 1 - nx), float(npos)])
+        points = points_tensor(batch_clicks, self.device)
+        new_pts = torch.tensor(new_points, dtype=torch.float32, device=self.device)
+        gate = torch.full((x.shape[0],), 0.0 if first else 1.0, device=self.device)
+
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                                                    enabled=self.autocast_dtype is not None):
+            out = self.net(x, points, new_pts, gate)
+        self.num_passes += 1
+
+        logits = out["instances"].float()
+        fb2 = out.get("feedback2")
+        fb2 = fb2.float() if fb2 is not None else None
+        if self.flip:
+            # Logits are averaged before the sigmoid, feedback maps as probabilities (official).
+            logits = 0.5 * (logits[:1] + torch.flip(logits[1:], dims=[3]))
+            if fb2 is not None:
+                fb2 = 0.5 * (fb2[:1] + torch.flip(fb2[1:], dims=[3]))
+        probs = self._paste(torch.sigmoid(logits), (rmin, rmax, cmin, cmax))
+        roi_probs = self._paste(fb2, (rmin, rmax, cmin, cmax)) if fb2 is not None else probs
+        return PredictorState(clicks, probs, roi_probs, roi, self._image_id)
+
+    def _paste(self, m: torch.Tensor, box: Box) -> np.ndarray:
+        """[1, 1, h, w] network-input map -> HxW float32 image map, zero outside the box."""
+        rmin, rmax, cmin, cmax = box
+        crop = (rmax - rmin + 1, cmax - cmin + 1)
+        if tuple(m.shape[-2:]) != crop:
+            m = F.interpolate(m, size=crop, mode="bilinear", align_corners=True)
+        h, w = self._size
+        full = np.zeros((h, w), np.float32)
+        full[rmin:rmax + 1, cmin:cmax + 1] = m[0, 0].clamp(0.0, 1.0).cpu().numpy()
+        return full
+
+
+def image_fingerprint(rgb: np.ndarray) -> str:
+    """Short content hash of an image (shape included)."""
+    h = hashlib.blake2b(digest_size=12)
+    h.update(str(rgb.shape).encode())
+    h.update(memoryview(np.ascontiguousarray(rgb)).cast("B"))
+    return h.hexdigest()

@@ -1,0 +1,168 @@
+"""FCFIPredictor: shapes and ranges, replay == step by step, state round trip, Zoom-In, behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model import Click, FCFIPredictor, PredictorState, build_model
+from model.zoom_in import box_iou, expand_box, next_roi, object_roi
+
+
+def scene(h: int = 150, w: int = 200) -> np.ndarray:
+    rgb = np.full((h, w, 3), 40, np.uint8)
+    rgb[40:110, 60:150] = (200, 180, 60)
+    return rgb
+
+
+CLICKS = [Click(100, 75, True), Click(20, 20, False), Click(140, 100, True), Click(70, 50, True)]
+
+
+@pytest.fixture(scope="module")
+def random_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("lite0").eval()
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_output_is_image_sized_probabilities(random_net: torch.nn.Module, flip: bool) -> None:
+    pred = FCFIPredictor(random_net, flip=flip)
+    pred.set_image(scene(123, 171))
+    probs, state = pred.predict([Click(50, 60, True)])
+    assert probs.shape == (123, 171) and probs.dtype == np.float32
+    assert probs.min() >= 0.0 and probs.max() <= 1.0
+    assert state.clicks == (Click(50, 60, True),)
+
+
+def test_replay_equals_step_by_step(tiny_net: torch.nn.Module) -> None:
+    pred = FCFIPredictor(tiny_net, target_size=160, min_crop_size=40, expansion_ratio=2.0)
+    pred.set_image(scene())
+    state = None
+    for i in range(1, len(CLICKS) + 1):
+        probs, state = pred.predict(CLICKS[:i], state)
+    assert pred.num_passes == len(CLICKS)  # one network pass per click when the state is given
+    replayed, replay_state = pred.predict(CLICKS)
+    assert pred.num_passes == 2 * len(CLICKS)
+    np.testing.assert_array_equal(replayed, probs)
+    assert replay_state.roi == state.roi
+    # A serialized state is as good as the live one.
+    restored = PredictorState.from_bytes(state.to_bytes())
+    extra = CLICKS + [Click(10, 140, False)]
+    a, _ = pred.predict(extra, state)
+    b, _ = pred.predict(extra, restored)
+    np.testing.assert_array_equal(a, b)
+
+
+class DiskOracle(torch.nn.Module):
+    """Deterministic stand-in network: object = disks of radius 20 input pixels around positive clicks.
+
+    It records the input shapes it sees, so the test can check what Zoom-In fed the network.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x, points, new_points, gate):
+        self.shapes.append(tuple(x.shape))
+        b, _, h, w = x.shape
+        ys = torch.arange(h, dtype=torch.float32).view(1, h, 1)
+        xs = torch.arange(w, dtype=torch.float32).view(1, 1, w)
+        n = points.shape[1] // 2
+        inside = torch.zeros(b, h, w, dtype=torch.bool)
+        for i in range(n):
+            py, px = points[:, i, 0].view(b, 1, 1), points[:, i, 1].view(b, 1, 1)
+            inside |= ((ys - py) ** 2 + (xs - px) ** 2 <= 400) & (py >= 0)
+        return {"instances": (inside.float() * 8 - 4).unsqueeze(1), "feedback2": None}
+
+
+def test_zoom_in_crops_roi_from_second_click() -> None:
+    oracle = DiskOracle()
+    pred = FCFIPredictor(oracle, target_size=160, min_crop_size=40, expansion_ratio=1.5, flip=False)
+    pred.set_image(np.zeros((300, 400, 3), np.uint8))
+    clicks = [Click(190, 130, True), Click(200, 140, True)]
+    p1, s1 = pred.predict(clicks[:1])
+    assert s1.roi is None and oracle.shapes[-1] == (1, 4, 300, 400)  # first click: whole image
+    assert p1[130, 190] > 0.9 and p1[130, 215] < 0.1
+    _, s2 = pred.predict(clicks, s1)
+    # Object box rows 110..150, cols 170..210 (the radius-20 disk): 41 px expanded 1.5x about the centre.
+    assert s2.roi == (99, 161, 159, 221)
+    assert oracle.shapes[-1] == (1, 4, 160, 160)  # the ROI is resized to target_size
+    _, s4 = pred.predict(clicks + [Click(5, 5, False)], s2)
+    assert s4.roi[0] == 0 and s4.roi[2] == 0  # a click outside the ROI forces a new one
+
+
+def test_state_must_match_image_and_prefix(random_net: torch.nn.Module) -> None:
+    pred = FCFIPredictor(random_net, flip=False)
+    pred.set_image(scene())
+    _, state = pred.predict(CLICKS[:2])
+    with pytest.raises(ValueError, match="prefix"):
+        pred.predict([CLICKS[1], CLICKS[0], CLICKS[2]], state)
+    pred.set_image(scene()[:, ::-1].copy())
+    with pytest.raises(ValueError, match="another image"):
+        pred.predict(CLICKS[:3], state)
+
+
+def test_bad_clicks_and_images_are_rejected(random_net: torch.nn.Module) -> None:
+    pred = FCFIPredictor(random_net)
+    with pytest.raises(RuntimeError):
+        pred.predict(CLICKS)
+    with pytest.raises(ValueError):
+        pred.set_image(np.zeros((10, 10), np.uint8))
+    pred.set_image(scene())
+    with pytest.raises(ValueError, match="at least one"):
+        pred.predict([])
+    with pytest.raises(ValueError, match="outside"):
+        pred.predict([Click(200, 10, True)])  # x == width
+    with pytest.raises(ValueError, match="outside"):
+        pred.predict([Click(float("nan"), 10, True)])
+
+
+def test_big_image_is_limited_to_max_size(random_net: torch.nn.Module) -> None:
+    seen = []
+    net = random_net
+
+    class Spy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = net
+
+        def forward(self, x, *args):
+            seen.append(tuple(x.shape))
+            return self.inner(x, *args)
+
+    pred = FCFIPredictor(Spy(), max_size=256, flip=True)
+    pred.set_image(np.zeros((300, 600, 3), np.uint8))
+    probs, _ = pred.predict([Click(300, 150, True)])
+    assert seen == [(2, 4, 128, 256)] and probs.shape == (300, 600)
+
+
+def test_positive_click_on_uniform_image_raises_probability_there(tiny_net: torch.nn.Module) -> None:
+    pred = FCFIPredictor(tiny_net, flip=False)
+    for value in (30, 128, 250):
+        pred.set_image(np.full((120, 160, 3), value, np.uint8))
+        probs, _ = pred.predict([Click(80, 60, True)])
+        assert probs[60, 80] > 2 * probs[5, 5]
+        negative, _ = pred.predict([Click(80, 60, False)])
+        assert probs[60, 80] > negative[60, 80]
+        # As a later click too: after a negative click elsewhere, a positive one raises it.
+        before, state = pred.predict([Click(150, 110, False)])
+        after, _ = pred.predict([Click(150, 110, False), Click(80, 60, True)], state)
+        assert after[60, 80] > before[60, 80]
+
+
+def test_zoom_roi_helpers() -> None:
+    prob = np.zeros((100, 100), np.float32)
+    prob[40:60, 45:55] = 0.9
+    roi = object_roi(prob, [Click(50, 50, True), Click(90, 10, False)], 1.0, 0)
+    assert roi == (10, 60, 44, 90)  # negative clicks count too (FCFI); box ends grow by the +1 pixel
+    assert expand_box((10, 19, 10, 19), 2.0, 0) == (4, 24, 4, 24)  # round half to even
+    assert expand_box((10, 19, 10, 19), 1.0, 40) == (-6, 34, -6, 34)
+    assert box_iou((0, 9, 0, 9), (0, 9, 5, 14)) == pytest.approx(50 / 150)
+    kept = next_roi((0, 99, 0, 99), prob, [Click(50, 50, True)], 10.0, 0)
+    assert kept == (0, 99, 0, 99)  # new candidate overlaps enough: keep the old ROI
+    moved = next_roi((0, 30, 0, 30), prob, [Click(50, 50, True)], 1.0, 0)
+    assert moved == (40, 60, 44, 54)  # a click left the old ROI: recompute
+    assert next_roi(None, np.zeros_like(prob), [Click(5, 5, True)], 2.0, 10) is None
