@@ -20,8 +20,8 @@ def normalized_focal_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float
         [B] losses: the focal terms are rescaled per image so their weights sum to the number of valid
         pixels (the rescale factor carries no gradient), then averaged over valid pixels.
     """
-    prob = torch.sigmoid(pred) if from_logits else pred
-    prob = prob.float()
+    # float32 and clamped: a bf16 sigmoid can round to slightly above 1, and log(pt) would be NaN.
+    prob = torch.sigmoid(pred.float()) if from_logits else pred.float().clamp(0.0, 1.0)
     target = target.float()
     ok = target != -1
     if valid is not None:
