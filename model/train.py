@@ -243,14 +243,15 @@ def main(argv: list[str] | None = None) -> None:
         rng = np.random.default_rng([args.seed, step, 1])
         outputs = simulate_and_forward(net, images, masks, clicks, rng, args.max_next_clicks, args.bf16)
         loss, parts = fcfi_loss(outputs, masks, tuple(args.feedback_weights))
-        if not math.isfinite(float(loss)):
-            raise FloatingPointError(f"loss is {float(loss)} at step {step}")
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss is {loss_value} at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        bar.set_postfix(loss=f"{float(loss):.3f}", crop="x".join(map(str, images.shape[-2:])), refresh=False)
+        bar.set_postfix(loss=f"{loss_value:.3f}", crop="x".join(map(str, images.shape[-2:])), refresh=False)
         now = time.time()
-        log.write(json.dumps({"step": step, "loss": float(loss), **parts, "rounds": outputs["rounds"],
+        log.write(json.dumps({"step": step, "loss": loss_value, **parts, "rounds": outputs["rounds"],
                               "sec": round(now - t_last, 3), "crop": list(images.shape[-2:])}) + "\n")
         t_last = now
         done = step + 1

@@ -1,0 +1,134 @@
+"""Training pieces: click simulation, data index and augmentation, the loss, a resumable run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from model import load_checkpoint
+from model.losses import normalized_focal_loss
+from model.sampling import interior_point, next_click, sample_initial_clicks
+from model.train import main as train_main
+from model.train import parse_crop_schedule
+from model.train_data import AugmentConfig, SampleMaker, build_index, load_entries
+
+
+def disk(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_interior_point_is_deep_inside() -> None:
+    mask = disk(100, 100, 50, 50, 30)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y, x = interior_point(mask, rng)
+        assert (y - 50) ** 2 + (x - 50) ** 2 < (30 - 30 / 1.7 + 1) ** 2
+
+
+def test_initial_clicks_first_is_centre_and_signs_are_right() -> None:
+    mask = disk(120, 160, 60, 80, 35)
+    others = disk(120, 160, 20, 20, 10)
+    rng = np.random.default_rng(1)
+    counts = []
+    for _ in range(30):
+        clicks = sample_initial_clicks(mask, rng, others=others)
+        assert clicks[0][2] and mask[clicks[0][0], clicks[0][1]]
+        for y, x, positive in clicks:
+            assert mask[y, x] == positive
+        counts.append(len(clicks))
+    assert min(counts) >= 1 and max(counts) <= 49 and len(set(counts)) > 3  # the counts vary
+    with pytest.raises(ValueError):
+        sample_initial_clicks(np.zeros((5, 5), bool), rng)
+
+
+def test_next_click_goes_to_the_larger_error() -> None:
+    gt = disk(100, 100, 50, 50, 30)
+    rng = np.random.default_rng(0)
+    pred = gt.copy()
+    pred[:, 50:] = False  # a large false-negative half
+    y, x, positive = next_click(pred, gt, rng)
+    assert positive and gt[y, x] and not pred[y, x]
+    pred = gt | disk(100, 100, 10, 10, 9)  # only a false positive
+    y, x, positive = next_click(pred, gt, rng)
+    assert not positive and pred[y, x] and not gt[y, x]
+    assert next_click(gt, gt, rng) is None
+
+
+def test_nfl_is_zero_for_perfect_and_ignores_minus_one() -> None:
+    target = torch.tensor([[[[1.0, 0.0], [-1.0, 1.0]]]])
+    perfect = torch.tensor([[[[30.0, -30.0], [5.0, 30.0]]]])
+    assert normalized_focal_loss(perfect, target).item() < 1e-6
+    wrong_on_ignored = torch.tensor([[[[30.0, -30.0], [-30.0, 30.0]]]])
+    assert normalized_focal_loss(wrong_on_ignored, target).item() < 1e-6
+    bad = normalized_focal_loss(torch.zeros(1, 1, 2, 2), target).item()
+    assert bad > 0.1
+    probs = torch.tensor([[[[1.01, 0.0], [0.5, 1.0]]]])  # bf16 rounding can exceed 1
+    assert torch.isfinite(normalized_focal_loss(probs, target, from_logits=False)).all()
+
+
+def make_data_root(root: Path) -> None:
+    """A tiny COCO_MVal-like and BSDS-like training tree, plus an evaluation set that must be refused."""
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        img = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+        mask = disk(96, 128, 48, 40 + 5 * i, 20).astype(np.uint8) * 255
+        img[mask > 0] = (230, 40, 40)
+        for folder, sub, data in (("COCO_MVal", "img", img), ("COCO_MVal", "gt", mask)):
+            (root / folder / sub).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / folder / sub / f"s{i}.{'jpg' if sub == 'img' else 'png'}"), data)
+        labels = np.ones((96, 128), np.uint8)
+        labels[:, 64:] = 2
+        (root / "BSDS_regions" / "images").mkdir(parents=True, exist_ok=True)
+        (root / "BSDS_regions" / "labels").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "BSDS_regions" / "images" / f"b{i}.jpg"), img)
+        cv2.imwrite(str(root / "BSDS_regions" / "labels" / f"b{i}.png"), labels)
+
+
+def test_index_split_and_samples(tmp_path: Path) -> None:
+    make_data_root(tmp_path)
+    with pytest.raises(ValueError, match="evaluation set"):
+        build_index(tmp_path, ["GrabCut"])
+    index = build_index(tmp_path, ["COCO_MVal", "BSDS_regions"], val_fraction=0.3)
+    assert len(index["train"]) + len(index["val"]) == 16
+    train_names = {e.image for e in index["train"]}
+    assert not train_names & {e.image for e in index["val"]}
+    assert all(len(e.objects) == 2 for e in index["train"] if e.dataset == "BSDS_regions")
+    maker = SampleMaker(load_entries(tmp_path, index["train"]), AugmentConfig(crop=(64, 80)))
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        image, mask, clicks = maker(rng)
+        assert image.shape == (3, 64, 80) and mask.shape == (1, 64, 80)
+        assert 0.0 <= image.min() and image.max() <= 1.0
+        assert mask.sum() >= maker.cfg.min_object_pixels
+        y, x, positive = clicks[0]
+        assert positive and mask[0, y, x] == 1
+
+
+def test_crop_schedule() -> None:
+    assert parse_crop_schedule("256x256@0,320x480@0.5") == [(0.0, (256, 256)), (0.5, (320, 480))]
+
+
+def test_training_run_writes_checkpoint_and_resumes(tmp_path: Path) -> None:
+    make_data_root(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--data-root", str(tmp_path / "data"), "--datasets", "COCO_MVal",
+            "--batch-size", "2", "--crop", "64x64", "--ckpt-every", "2", "--val-every", "0",
+            "--warmup", "1", "--threads", "1", "--max-next-clicks", "1"]
+    train_main(args + ["--steps", "2"])
+    state = torch.load(out / "train_state.pth", weights_only=True)
+    assert state["step"] == 2
+    before = torch.load(out / "last.pth", weights_only=True)["state_dict"]
+    train_main(args + ["--steps", "4"])  # resumes at step 2
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [0, 1, 2, 3]
+    net = load_checkpoint(out / "final.pth")
+    after = net.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+    assert net.checkpoint_meta["step"] == 4 and "model.train" in net.checkpoint_meta["command"]
+    assert json.loads((out / "data_list.json").read_text())["train"]
