@@ -9,8 +9,9 @@ replayed in order, which gives the same result.
 from __future__ import annotations
 
 import hashlib
-import io
-from dataclasses import dataclass, field
+import json
+import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,46 +22,77 @@ from .clicks import Click, points_tensor
 from .zoom_in import Box, next_roi
 
 
+def quantize(probs: np.ndarray) -> np.ndarray:
+    """[0, 1] float map -> uint8 (round(p * 255))."""
+    return np.rint(np.clip(probs, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def dequantize(q: np.ndarray) -> np.ndarray:
+    """uint8 map -> float32 in [0, 1]."""
+    return q.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
 @dataclass
 class PredictorState:
     """What one click leaves for the next.
 
+    The maps the *next* click reads are kept as uint8 (1/255 steps): the network sees no difference,
+    and a state compresses to a few kB with zlib, so a service can afford to store one per click.
+    Both the step-by-step and the replay path go through the same quantization, so they agree exactly.
+
     Attributes:
         clicks: the chronological clicks this state answers.
-        probs: HxW float32 in [0, 1], the prediction; the next click's feedback (previous mask).
-        roi_probs: HxW float32 in [0, 1], the map Zoom-In places the next ROI on. The official code
-            tracks CFFM's updated feedback M_u here, not the prediction (spec 3.1 step 5).
+        probs: HxW float32 in [0, 1], this click's prediction (exact for a live state; the dequantized
+            feedback for a deserialized one).
+        feedback: HxW uint8, the prediction fed back to the network with the next click.
+        roi_map: HxW uint8, the map Zoom-In places the next ROI on (the official code tracks CFFM's
+            updated feedback M_u here, not the prediction, spec 3.1 step 5), or None when it is ``feedback``.
         roi: the Zoom-In ROI used for this click ``(rmin, rmax, cmin, cmax)``, inclusive, or None.
         image_id: fingerprint of the image the state belongs to.
     """
 
     clicks: tuple[Click, ...]
     probs: np.ndarray
-    roi_probs: np.ndarray
+    feedback: np.ndarray
+    roi_map: np.ndarray | None
     roi: Box | None
     image_id: str
-    meta: dict = field(default_factory=dict)
 
-    def to_bytes(self) -> bytes:
-        """Lossless compressed serialization (``np.savez_compressed``)."""
-        buf = io.BytesIO()
-        clicks = np.array([[c.x, c.y, float(c.positive)] for c in self.clicks], dtype=np.float64).reshape(-1, 3)
-        roi = np.array(self.roi if self.roi is not None else [], dtype=np.int64)
-        same = self.roi_probs is self.probs or np.array_equal(self.roi_probs, self.probs)
-        np.savez_compressed(buf, clicks=clicks, probs=self.probs,
-                            roi_probs=np.zeros(0, np.float32) if same else self.roi_probs,
-                            roi=roi, image_id=np.array(self.image_id))
-        return buf.getvalue()
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the maps."""
+        return self.probs.nbytes + self.feedback.nbytes + (self.roi_map.nbytes if self.roi_map is not None else 0)
+
+    def to_bytes(self, level: int = 1) -> bytes:
+        """Compact lossless serialization of everything the next click needs (zlib, ``level``)."""
+        h, w = self.feedback.shape
+        header = {
+            "v": 1, "shape": [h, w], "roi": list(self.roi) if self.roi is not None else None,
+            "image_id": self.image_id, "has_roi_map": self.roi_map is not None,
+            "clicks": [[c.x, c.y, c.positive] for c in self.clicks],
+        }
+        maps = self.feedback.tobytes() + (self.roi_map.tobytes() if self.roi_map is not None else b"")
+        head = json.dumps(header).encode()
+        return len(head).to_bytes(4, "little") + head + zlib.compress(maps, level)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PredictorState:
-        """Inverse of :meth:`to_bytes`."""
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            clicks = tuple(Click(float(x), float(y), bool(p)) for x, y, p in z["clicks"])
-            probs = z["probs"].astype(np.float32)
-            roi_probs = z["roi_probs"].astype(np.float32)
-            roi = tuple(int(v) for v in z["roi"]) if z["roi"].size else None
-            return cls(clicks, probs, roi_probs if roi_probs.size else probs, roi, str(z["image_id"]))
+        """Inverse of :meth:`to_bytes`. ``probs`` becomes the dequantized feedback."""
+        try:
+            n = int.from_bytes(data[:4], "little")
+            header = json.loads(data[4:4 + n])
+            h, w = header["shape"]
+            raw = zlib.decompress(data[4 + n:])
+        except (ValueError, KeyError, zlib.error) as exc:
+            raise ValueError(f"not a serialized PredictorState: {exc}") from exc
+        expected = h * w * (2 if header["has_roi_map"] else 1)
+        if len(raw) != expected:
+            raise ValueError("serialized PredictorState has the wrong size")
+        feedback = np.frombuffer(raw, np.uint8, h * w).reshape(h, w).copy()
+        roi_map = np.frombuffer(raw, np.uint8, h * w, h * w).reshape(h, w).copy() if header["has_roi_map"] else None
+        clicks = tuple(Click(float(x), float(y), bool(p)) for x, y, p in header["clicks"])
+        roi = tuple(int(v) for v in header["roi"]) if header["roi"] is not None else None
+        return cls(clicks, dequantize(feedback), feedback, roi_map, roi, header["image_id"])
 
 
 class FCFIPredictor:
@@ -116,6 +148,8 @@ class FCFIPredictor:
         if rgb.shape[0] < 1 or rgb.shape[1] < 1:
             raise ValueError("image is empty")
         rgb = np.ascontiguousarray(rgb)
+        if not rgb.flags.writeable:  # torch.from_numpy wants a writable buffer
+            rgb = rgb.copy()
         self._image_id = image_fingerprint(rgb)
         self._size = (rgb.shape[0], rgb.shape[1])
         self._image = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255.0)
@@ -172,11 +206,12 @@ class FCFIPredictor:
         assert self._image is not None
         h, w = self._size
         first = prev is None
-        prev_probs = np.zeros((h, w), np.float32) if first else prev.probs
+        prev_probs = np.zeros((h, w), np.float32) if first else dequantize(prev.feedback)
 
         roi: Box | None = None
         if self.zoom_in and len(clicks) > self.skip_clicks and not first:
-            roi = next_roi(prev.roi, prev.roi_probs, clicks, self.expansion_ratio, self.min_crop_size)
+            tracked = prev.roi_map if prev.roi_map is not None else prev.feedback
+            roi = next_roi(prev.roi, dequantize(tracked), clicks, self.expansion_ratio, self.min_crop_size)
         rmin, rmax, cmin, cmax = roi if roi is not None else (0, h - 1, 0, w - 1)
         crop_h, crop_w = rmax - rmin + 1, cmax - cmin + 1
         scale = self.target_size / max(crop_h, crop_w) if roi is not None else 1.0
@@ -216,8 +251,8 @@ class FCFIPredictor:
             if fb2 is not None:
                 fb2 = 0.5 * (fb2[:1] + torch.flip(fb2[1:], dims=[3]))
         probs = self._paste(torch.sigmoid(logits), (rmin, rmax, cmin, cmax))
-        roi_probs = self._paste(fb2, (rmin, rmax, cmin, cmax)) if fb2 is not None else probs
-        return PredictorState(clicks, probs, roi_probs, roi, self._image_id)
+        roi_map = quantize(self._paste(fb2, (rmin, rmax, cmin, cmax))) if fb2 is not None else None
+        return PredictorState(clicks, probs, quantize(probs), roi_map, roi, self._image_id)
 
     def _paste(self, m: torch.Tensor, box: Box) -> np.ndarray:
         """[1, 1, h, w] network-input map -> HxW float32 image map, zero outside the box."""

@@ -1,0 +1,1 @@
+"""Label Studio ML backend package: request handling, brush RLE codec and session state."""

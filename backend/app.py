@@ -1,0 +1,147 @@
+"""The HTTP service Label Studio talks to (Flask).
+
+Routes: ``GET /health``, ``POST /setup``, ``POST /predict``, ``POST /webhook``, ``GET /versions``.
+We speak the ML-backend protocol ourselves instead of using ``label-studio-ml``: its PyPI release
+(1.0.9, 2023) pins Flask 1.x and does not import, and its current version is only on GitHub.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from model import default_checkpoint_path, load_checkpoint
+
+from .errors import BadRequest, ServiceError
+from .feedback import MemoryFeedbackStore
+from .images import ImageError, ImageLoader
+from .ls_auth import LabelStudioAuth
+from .service import PredictService
+from .settings import Settings
+from .worker import InferenceWorker
+
+log = logging.getLogger(__name__)
+OPEN_ROUTES = {"/health", "/webhook"}  # Label Studio's auto-created webhook sends no auth header
+
+
+def checkpoint_version(path: Path, net: torch.nn.Module) -> str:
+    """``model_version`` of a checkpoint: its meta entry, else name + content hash."""
+    meta = getattr(net, "checkpoint_meta", {}) or {}
+    if isinstance(meta.get("model_version"), str):
+        return meta["model_version"]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    return f"fcfi-{path.stem}-{digest}"
+
+
+def make_loader(settings: Settings):
+    def load() -> tuple[torch.nn.Module, str]:
+        path = Path(settings.checkpoint) if settings.checkpoint and settings.checkpoint != "default" \
+            else default_checkpoint_path()
+        net = load_checkpoint(path, device=settings.device)
+        return net, settings.model_version or checkpoint_version(path, net)
+
+    return load
+
+
+def create_app(settings: Settings | None = None, worker: InferenceWorker | None = None) -> Flask:
+    """Build the service. Starts the inference worker (which loads the model in the background)."""
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if worker is None:
+        options = dict(zoom_in=settings.zoom_in, flip=settings.flip, target_size=settings.target_size,
+                       expansion_ratio=settings.expansion_ratio, max_size=settings.max_size)
+        worker = InferenceWorker(make_loader(settings), options, settings.device, settings.queue_size,
+                                 settings.torch_threads).start()
+    auth = LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key, timeout=10.0)
+    images = ImageLoader(auth=auth, local_files_root=settings.local_files_root, max_bytes=settings.max_image_bytes,
+                         max_pixels=settings.max_image_pixels, cache_items=settings.image_cache_items,
+                         timeout=10.0, allow_private_hosts=settings.allow_private_urls)
+    store = MemoryFeedbackStore(settings.feedback_cache_mb << 20)
+    service = PredictService(worker, images, store, settings.max_clicks, settings.request_timeout)
+
+    app = Flask(__name__)
+    app.config["settings"] = settings
+    app.config["service"] = service
+    app.config["worker"] = worker
+
+    @app.before_request
+    def basic_auth() -> Response | None:
+        if not settings.basic_auth_user or request.path in OPEN_ROUTES:
+            return None
+        header = request.headers.get("Authorization", "")
+        expected = "Basic " + base64.b64encode(
+            f"{settings.basic_auth_user}:{settings.basic_auth_pass or ''}".encode()).decode()
+        if hmac.compare_digest(header.encode(), expected.encode()):
+            return None
+        response = jsonify(error="authentication required")
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Basic realm="fcfi-backend"'
+        return response
+
+    def body() -> Any:
+        data = request.get_json(silent=True, force=True)
+        if data is None:
+            raise BadRequest("request body is not valid JSON")
+        return data
+
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify(status="UP", model_class="FCFI", model_version=worker.model_version,
+                       model_ready=worker.ready, model_error=worker.error, device=settings.device,
+                       network_passes=worker.passes)
+
+    @app.post("/setup")
+    def setup() -> Response:
+        return jsonify(model_version=worker.model_version)
+
+    @app.post("/predict")
+    def predict() -> Response:
+        t0 = time.perf_counter()
+        result, timings, passes = service.predict(body())
+        timings.parts["total"] = (time.perf_counter() - t0) * 1000
+        response = jsonify(result)
+        response.headers["Server-Timing"] = timings.header()
+        response.headers["X-Network-Passes"] = str(passes)
+        return response
+
+    @app.post("/webhook")
+    def webhook() -> Response:
+        data = body()
+        if not isinstance(data, dict) or not isinstance(data.get("action"), str):
+            raise BadRequest("webhook body must be an object with an 'action' string")
+        log.info("webhook %s", data["action"])
+        return jsonify(status="ok", action=data["action"])
+
+    @app.route("/versions", methods=["GET", "POST"])
+    def versions() -> Response:
+        return jsonify(versions=[worker.model_version])
+
+    @app.errorhandler(ServiceError)
+    def service_error(exc: ServiceError) -> tuple[Response, int]:
+        log.warning("%s: %s", exc.status, exc.message)
+        return jsonify(error=exc.message), exc.status
+
+    @app.errorhandler(ImageError)
+    def image_error(exc: ImageError) -> tuple[Response, int]:
+        log.warning("image: %s %s", exc.status, exc.message)
+        return jsonify(error=exc.message), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        return jsonify(error=exc.description or exc.name), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("unexpected error")
+        return jsonify(error=f"internal error: {type(exc).__name__}"), 500
+
+    return app

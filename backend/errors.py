@@ -1,0 +1,35 @@
+"""One error type for everything a request can get wrong, carrying its HTTP status."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """An error answered as JSON ``{"error": message}`` with ``status``."""
+
+    status = 500
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(ServiceError):
+    status = 400
+
+
+class Unprocessable(ServiceError):
+    """Well-formed JSON whose content cannot be served (unknown label, click outside the image ...)."""
+
+    status = 422
+
+
+class TooLarge(ServiceError):
+    status = 413
+
+
+class Unavailable(ServiceError):
+    """The model is not ready or the queue is full; Label Studio may retry."""
+
+    status = 503

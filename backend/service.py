@@ -1,0 +1,128 @@
+"""The request pipeline: parse -> image -> feedback -> predictor -> encode -> store.
+
+Kept free of Flask so it can be driven directly by tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from model import PredictorState
+
+from .errors import ServiceError
+from .feedback import FeedbackStore, prefix_keys
+from .parse import ClickJob, click_job, parse_predict
+from .rle import encode_mask
+from .worker import InferenceWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Timings:
+    """Milliseconds spent in each stage of one request (reported in the ``Server-Timing`` header)."""
+
+    parts: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.parts[name] = self.parts.get(name, 0.0) + (now - t0) * 1000
+        return now
+
+    def header(self) -> str:
+        return ", ".join(f"{k};dur={v:.1f}" for k, v in self.parts.items())
+
+
+class PredictService:
+    """Answers ``/predict`` bodies. ``images`` has ``load(url, task_id=, project_id=) -> (rgb, key)``."""
+
+    def __init__(self, worker: InferenceWorker, images: Any, store: FeedbackStore, max_clicks: int = 200,
+                 timeout: float = 60.0, threshold: float = 0.49) -> None:
+        self.worker = worker
+        self.images = images
+        self.store = store
+        self.max_clicks = max_clicks
+        self.timeout = timeout
+        self.threshold = threshold
+
+    def predict(self, payload: Any) -> tuple[dict[str, Any], Timings, int]:
+        """Returns (response body, timings, network passes)."""
+        timings = Timings()
+        request = parse_predict(payload)
+        results, passes = [], 0
+        for task in request.tasks:
+            job = click_job(request, task, self.max_clicks)
+            if job is None:  # batch pre-annotation: nothing to segment without clicks
+                results.append({"result": [], "score": 0.0, "model_version": self.worker.model_version})
+                continue
+            result, n = self._click(job, timings)
+            results.append(result)
+            passes += n
+        return {"results": results}, timings, passes
+
+    def _click(self, job: ClickJob, timings: Timings) -> tuple[dict[str, Any], int]:
+        t = time.perf_counter()
+        loaded = self.images.load(job.image_url, task_id=job.task_id, project_id=job.project_id)
+        rgb, image_key = loaded.rgb, loaded.key
+        h, w = rgb.shape[:2]
+        t = timings.add("image", t)
+
+        clicks = job.clicks(w, h)
+        version = self.worker.model_version
+        keys = prefix_keys((job.project_id, job.task_id, image_key, job.to_name, job.label, version), clicks)
+        state, start = None, 0
+        # The newest click always runs: a stored state holds the quantized feedback, not the exact map
+        # the answer is thresholded from, so an answer from it could differ from a replay's by a few pixels.
+        for k in range(len(keys) - 1, 0, -1):
+            blob = self.store.get(keys[k - 1])
+            if blob is not None:
+                try:
+                    state, start = PredictorState.from_bytes(blob), k
+                except ValueError:
+                    log.warning("dropping an unreadable stored feedback state")
+                break
+        t = timings.add("feedback", t)
+
+        try:
+            out = self.worker.run_clicks(rgb, image_key, clicks, state, self.timeout)
+        except ValueError as exc:  # a stored state that does not fit (the image changed): replay
+            if state is None:
+                raise ServiceError(str(exc), 422) from None
+            log.warning("stored feedback does not fit (%s); replaying %d clicks", exc, len(clicks))
+            out = self.worker.run_clicks(rgb, image_key, clicks, None, self.timeout)
+        timings.parts["network"] = timings.parts.get("network", 0.0) + out.network_ms
+        t = time.perf_counter()
+
+        mask = out.probs > self.threshold
+        score = float(out.probs[mask].mean()) if mask.any() else 0.0
+        width, height = job.width or w, job.height or h
+        if (height, width) != (h, w):
+            log.warning("image is %dx%d but Label Studio says %dx%d; resizing the mask", w, h, width, height)
+            mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+        rle = encode_mask(mask)
+        t = timings.add("encode", t)
+
+        self.store.put(keys[-1], out.state.to_bytes())
+        timings.add("store", t)
+        log.info("task %s label %r: %d clicks, %d network passes (resumed after %d), score %.3f",
+                 job.task_id, job.label, len(clicks), out.passes, start, score)
+        region = {
+            "id": uuid.uuid4().hex[:10],
+            "from_name": job.brush.from_name,
+            "to_name": job.to_name,
+            "type": "brushlabels",
+            "original_width": width,
+            "original_height": height,
+            "image_rotation": job.rotation,
+            "value": {"format": "rle", "rle": rle, "brushlabels": [job.label]},
+            "score": score,
+            "readonly": False,
+        }
+        return {"result": [region], "score": score, "model_version": self.worker.model_version}, out.passes
