@@ -2,14 +2,14 @@
 
 | variable | default | meaning |
 |---|---|---|
-| ``MODEL_DIR`` | ``./data/model`` | where promoted checkpoints, the training store and job state live |
+| ``MODEL_DIR`` | ``./data/model`` | promoted checkpoints, the training store, job state |
 | ``CHECKPOINT`` | shipped ``model/weights/lite0_fcfi.pth`` | the initial serving checkpoint |
 | ``DEVICE`` | ``cpu`` | ``cpu`` or ``cuda`` (``cuda:N``) |
-| ``LABEL_STUDIO_URL`` | unset | Label Studio base URL, e.g. ``http://localhost:8080`` (``LABEL_STUDIO_HOST`` also read) |
+| ``LABEL_STUDIO_URL`` | unset | Label Studio base URL, e.g. ``http://localhost:8080`` (or ``LABEL_STUDIO_HOST``) |
 | ``LABEL_STUDIO_API_KEY`` | unset | legacy token or personal access token (``LABEL_STUDIO_ACCESS_TOKEN`` also read) |
 | ``LOCAL_FILES_ROOT`` | unset (off) | allow plain local paths under this folder |
 | ``ALLOW_PRIVATE_URLS`` | ``false`` | fetch plain URLs on private / loopback addresses (other than Label Studio's) |
-| ``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS`` | unset (off) | HTTP basic auth on every route but ``/health`` and ``/webhook`` |
+| ``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS`` | unset (off) | basic auth on all routes but ``/health``, ``/webhook`` |
 | ``MAX_IMAGE_PIXELS`` | ``50000000`` | larger images are refused (413) |
 | ``MAX_IMAGE_BYTES`` | ``100000000`` | larger downloads are refused (413) |
 | ``IMAGE_CACHE_ITEMS`` | ``16`` | decoded images kept (LRU) |
@@ -18,7 +18,7 @@
 | ``QUEUE_SIZE`` | ``32`` | waiting requests before the service answers 503 |
 | ``REQUEST_TIMEOUT`` | ``60`` | seconds a request may wait for the model |
 | ``ZOOM_IN`` / ``FLIP`` | ``true`` / ``true`` | predictor settings |
-| ``TARGET_SIZE`` / ``EXPANSION_RATIO`` / ``MAX_SIZE`` | ``480`` / ``3.0`` / ``800`` | predictor settings (pixels, ratio, pixels) |
+| ``TARGET_SIZE`` / ``EXPANSION_RATIO`` / ``MAX_SIZE`` | ``480`` / ``3.0`` / ``800`` | predictor: px, ratio, px |
 | ``TORCH_THREADS`` | torch's default | CPU threads of the inference worker |
 | ``MODEL_VERSION`` | from the checkpoint | version string reported to Label Studio |
 | ``LOG_LEVEL`` | ``INFO`` | logging level |

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from ls_stub import FakeLabelStudio, StubServer
 from PIL import Image
 from werkzeug.serving import make_server
 
 from backend.app import create_app
 from backend.rle import decode_rle
 from backend.settings import Settings
-from ls_stub import FakeLabelStudio, StubServer
 from model import save_checkpoint
 
 CONFIG = (Path(__file__).resolve().parents[1] / "label_config.xml").read_text()
@@ -135,7 +135,8 @@ def test_two_click_session_uses_feedback_and_cold_replica_replays(server, checkp
 
 def test_instant_routes_and_batch_predict(server) -> None:
     assert requests.get(server.url + "/health", timeout=5).json()["status"] == "UP"
-    assert requests.post(server.url + "/setup", json={"project": "3.1"}, timeout=5).json() == {"model_version": "tiny-1"}
+    setup = requests.post(server.url + "/setup", json={"project": "3.1"}, timeout=5)
+    assert setup.json() == {"model_version": "tiny-1"}
     assert requests.get(server.url + "/versions", timeout=5).json() == {"versions": ["tiny-1"]}
     no_context = {"tasks": [{"id": 1, "data": {"image": "x"}}, {"id": 2, "data": {}}], "label_config": CONFIG,
                   "params": {"context": None}}
