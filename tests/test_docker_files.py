@@ -1,0 +1,56 @@
+"""Docker cannot run here: keep docker/ correct by parsing it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    text = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, rest = line.partition(" ")
+            out.append((op.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_builds_cpu_by_default_cuda_by_argument_and_runs_gunicorn_threads() -> None:
+    ops = dockerfile()
+    assert ops[0][0] == "ARG" and ops[1][0] == "FROM"
+    args = dict(rest.split("=", 1) for op, rest in ops if op == "ARG" and "=" in rest)
+    assert args["TORCH_VARIANT"] == "cpu" and args["TORCH_VERSION"] == "2.13.0"
+    run = " ".join(rest for op, rest in ops if op == "RUN")
+    assert "whl/${TORCH_VARIANT}" in run and "-r requirements.txt" in run
+    for op, rest in ops:
+        if op == "COPY":
+            for src in rest.split()[:-1]:
+                assert (ROOT / src).exists(), f"COPY source {src} missing"
+    cmd = [rest for op, rest in ops if op == "CMD"][-1]
+    assert "gunicorn" in cmd and "--threads" in cmd and "backend.wsgi:app" in cmd
+    assert "--preload" not in cmd  # CUDA cannot be initialised before the fork
+    assert ("EXPOSE", "9090") in ops
+    wsgi = (ROOT / "backend" / "wsgi.py").read_text()  # the module gunicorn loads, without starting a model
+    assert re.search(r"^app = create_app\(\)", wsgi, re.M)
+
+
+def test_compose_has_label_studio_backend_and_model_volume() -> None:
+    compose = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
+    services = compose["services"]
+    ls_env = dict(e.split("=", 1) for e in services["label-studio"]["environment"])
+    assert ls_env["ML_BLOCK_LOCAL_IP"] == "false" and ls_env["SSRF_PROTECTION_ENABLED"] == "false"
+    assert services["label-studio"]["image"].endswith(":1.23.2")
+    backend = services["backend"]
+    env = dict(e.split("=", 1) for e in backend["environment"])
+    assert env["LABEL_STUDIO_URL"] == "http://label-studio:8080"  # the service name, not localhost
+    assert env["MODEL_DIR"] == "/data/model" and "LABEL_STUDIO_API_KEY" in env and "DEVICE" in env
+    assert "model-data:/data/model" in backend["volumes"] and "model-data" in compose["volumes"]
+    assert backend["build"]["dockerfile"] == "docker/Dockerfile"
+    assert (ROOT / "docker" / backend["build"]["context"] / backend["build"]["dockerfile"]).resolve().exists()
