@@ -27,6 +27,8 @@ from .images import ImageError, ImageLoader
 from .ls_auth import LabelStudioAuth
 from .service import PredictService
 from .settings import Settings
+from .training_store import TrainingStore
+from .webhooks import AnnotationEvent, DeleteEvent, TrainEvent, parse_event
 from .worker import InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
                          timeout=10.0, allow_private_hosts=settings.allow_private_urls)
     store = MemoryFeedbackStore(settings.feedback_cache_mb << 20)
     service = PredictService(worker, images, store, settings.max_clicks, settings.request_timeout)
+    training = TrainingStore(Path(settings.model_dir) / "training")
 
     app = Flask(__name__)
     app.config["settings"] = settings
@@ -115,11 +118,24 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
 
     @app.post("/webhook")
     def webhook() -> Response:
-        data = body()
-        if not isinstance(data, dict) or not isinstance(data.get("action"), str):
-            raise BadRequest("webhook body must be an object with an 'action' string")
-        log.info("webhook %s", data["action"])
-        return jsonify(status="ok", action=data["action"])
+        event = parse_event(body(), max_pixels=settings.max_image_pixels)
+        action = getattr(event, "action", type(event).__name__)
+        if isinstance(event, AnnotationEvent):
+            stored = training.replace_annotation(event)
+            for reason in event.skipped:
+                log.info("webhook %s annotation %s: skipped %s", event.action, event.annotation_id, reason)
+            log.info("webhook %s annotation %s: %d samples stored (%d in store)", event.action,
+                     event.annotation_id, stored, training.count())
+            return jsonify(status="ok", action=event.action, stored=stored, skipped=event.skipped)
+        if isinstance(event, DeleteEvent):
+            removed = training.delete_annotations(event.annotation_ids)
+            log.info("webhook ANNOTATIONS_DELETED %s: %d samples removed", event.annotation_ids, removed)
+            return jsonify(status="ok", action="ANNOTATIONS_DELETED", removed=removed)
+        if isinstance(event, TrainEvent):
+            log.info("webhook START_TRAINING for project %s: %d samples stored", event.project_id, training.count())
+            return jsonify(status="ok", action="START_TRAINING", samples=training.count())
+        log.info("webhook %s ignored", action)
+        return jsonify(status="ignored", action=action)
 
     @app.route("/versions", methods=["GET", "POST"])
     def versions() -> Response:

@@ -69,7 +69,10 @@ def label_studio() -> Iterator[FakeLabelStudio]:
 
 
 def settings_for(checkpoint: Path, ls: FakeLabelStudio, **overrides) -> Settings:
+    import tempfile
+
     base = dict(checkpoint=str(checkpoint), label_studio_url=ls.url, label_studio_api_key=ls.legacy_token,
+                model_dir=Path(tempfile.mkdtemp(prefix="model-dir-")),
                 max_image_pixels=4_000_000, flip=False, target_size=160, max_size=200, torch_threads=1)
     base.update(overrides)
     return Settings(**base)
@@ -211,3 +214,25 @@ def test_basic_auth(checkpoint, label_studio) -> None:
         assert requests.post(s.url + "/webhook", json={"action": "X"}, timeout=5).status_code == 200
     finally:
         s.stop()
+
+
+def test_webhook_stores_removes_and_rejects(server) -> None:
+    from backend.rle import encode_mask
+
+    _, obj = scene()
+    region = {"id": "r1", "type": "brushlabels", "from_name": "tag", "to_name": "image", "original_width": W,
+              "original_height": H, "image_rotation": 0,
+              "value": {"format": "rle", "rle": encode_mask(obj), "brushlabels": ["Object"]}}
+    created = {"action": "ANNOTATION_CREATED", "project": {"id": 3, "label_config": CONFIG},
+               "task": {"id": 7, "data": {"image": "/data/upload/1/scene.png"}},
+               "annotation": {"id": 11, "task": 7, "project": 3, "result": [region], "was_cancelled": False}}
+    r = requests.post(server.url + "/webhook", json=created, timeout=5)
+    assert r.status_code == 200 and r.json()["stored"] == 1
+    assert requests.post(server.url + "/webhook", json=created, timeout=5).json()["stored"] == 1  # idempotent
+    r = requests.post(server.url + "/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 11}]},
+                      timeout=5)
+    assert r.status_code == 200 and r.json()["removed"] == 1
+    bad = {"action": "ANNOTATION_CREATED", "annotation": {"id": "x"}}
+    r = requests.post(server.url + "/webhook", json=bad, timeout=5)
+    assert r.status_code == 400 and r.json()["error"]
+    assert requests.post(server.url + "/webhook", data=b"{", timeout=5).status_code == 400
