@@ -44,6 +44,9 @@ def train_tiny_net(steps: int = 120) -> torch.nn.Module:
     """lite0 FCFI (ImageNet backbone) trained 120 steps (~15 s on 2 cores) to segment a disk around a positive click."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
+    # One thread: the same weights whichever test builds the net first, and no oversubscription on 2 cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     net = build_model("lite0", pretrained=True)
     backbone = {id(p) for p in net.backbone_parameters()}
     opt = torch.optim.Adam([
@@ -59,6 +62,7 @@ def train_tiny_net(steps: int = 120) -> torch.nn.Module:
         opt.zero_grad()
         loss.backward()
         opt.step()
+    torch.set_num_threads(threads)
     return net.eval()
 
 
