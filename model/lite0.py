@@ -155,6 +155,7 @@ class Lite0FCFI(ClickSegmentationModel):
         expansion_ratio: FFCM box ratio r.
         update_num: CFFM iterations.
         norm_radius: click disk radius (input pixels).
+        click_scale: initial value of the learned scale on the click-map stem injection.
         pretrained: initialise the backbone from the ImageNet weights package.
     """
 
@@ -162,17 +163,22 @@ class Lite0FCFI(ClickSegmentationModel):
 
     def __init__(self, fcfi: str = "full", decoder_ch: int = 64, mid_ch: int = 32,
                  expansion_ratio: float = 0.3, update_num: int = 1, norm_radius: float = 5,
-                 pretrained: bool = False) -> None:
+                 click_scale: float = 1.0, pretrained: bool = False) -> None:
         super().__init__(norm_radius=norm_radius, prev_mask_in_encoding=True, norm_mean_std=IMAGENET_MEAN_STD)
         if fcfi not in FCFI_VARIANTS:
             raise ValueError(f"fcfi must be one of {FCFI_VARIANTS}, got {fcfi!r}")
         self.fcfi = fcfi
         self.config_params = dict(fcfi=fcfi, decoder_ch=decoder_ch, mid_ch=mid_ch,
                                   expansion_ratio=expansion_ratio, update_num=update_num,
-                                  norm_radius=norm_radius)
+                                  norm_radius=norm_radius, click_scale=click_scale)
         self.use_ffcm = fcfi in ("full", "ffcm")
         self.use_cffm = fcfi in ("full", "cffm")
         self.maps_transform = maps_transform(self.coord_channels, 32)
+        # The official 0.05 start leaves the click signal far below the stem activations: with a short
+        # CPU budget (and under bf16, whose rounding noise is larger than it) the network learned to
+        # ignore clicks. A unit start lets the click pathway learn from the first steps.
+        with torch.no_grad():
+            self.maps_transform[3].scale.fill_(click_scale)
         self.feature_extractor = Lite0FeatureExtractor(fcfi, decoder_ch, mid_ch, expansion_ratio, update_num)
         _init_weights(self)
         if pretrained:
