@@ -24,7 +24,7 @@ from torch import nn
 from .base import IMAGENET_MEAN_STD, ClickSegmentationModel, require_new_points
 from .cffm import CollaborativeFeedbackFusionModule
 from .ffcm import FocusedCorrectionModule
-from .layers import SeparableConv2d, maps_transform
+from .layers import SeparableConv2d, init_weights, maps_transform
 
 #: Bottleneck blocks per stage of the supported ResNetV1b backbones.
 RESNET_BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3), "resnet152": (3, 8, 36, 3)}
@@ -274,20 +274,8 @@ class DeepLabFCFI(ClickSegmentationModel):
 
 
 def _init_weights(module: nn.Module) -> None:
-    """He init for convs (fan-out; fan-in, linear gain for 1-channel outputs such as the logits), BN 1/0."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            if m.out_channels == 1:
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
-            elif m.groups > 1:  # depthwise: torch's fan_out ignores groups, fan_in (k*k) is right
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            else:
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    """He init (see :func:`model.layers.init_weights`); residual branches start at zero."""
+    init_weights(module)
     # Residual branches start at zero (Goyal et al. 2017): every bottleneck is the identity at init,
     # so the 33-block trunk stays well scaled even in eval mode with untrained running statistics.
     for m in module.modules():

@@ -26,7 +26,7 @@ from torch import nn
 from .base import IMAGENET_MEAN_STD, ClickSegmentationModel, require_new_points
 from .cffm import CollaborativeFeedbackFusionModule
 from .ffcm import FocusedCorrectionModule
-from .layers import maps_transform
+from .layers import init_weights, maps_transform
 
 
 def _upsample(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
@@ -366,24 +366,12 @@ class HRNetFCFI(ClickSegmentationModel):
 
 
 def _init_weights(module: nn.Module) -> None:
-    """He init for convs (fan-out; fan-in, linear gain for 1-channel outputs such as the logits), BN 1/0.
+    """He init (see :func:`model.layers.init_weights`).
 
     The last BN of every residual block starts at zero, so each block is the identity at init and the
     deep trunk stays well scaled, even in eval mode with untrained running statistics.
     """
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            if m.out_channels == 1:
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
-            elif m.groups > 1:  # depthwise: torch's fan_out ignores groups, fan_in (k*k) is right
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            else:
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    init_weights(module)
     for m in module.modules():
         if isinstance(m, BasicBlock):
             nn.init.zeros_(m.bn2.weight)

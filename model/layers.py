@@ -84,3 +84,25 @@ class SeparableConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+
+def init_weights(module: nn.Module, fan_aware: bool = True) -> None:
+    """He-normal convs (zero bias) and BatchNorm weight 1 / bias 0.
+
+    With ``fan_aware`` (the trunks without pretrained weights), depthwise convs use fan-in (torch's
+    fan-out ignores groups) and one-channel outputs such as logits use fan-in with linear gain, so the
+    first logits are not huge; otherwise every conv is fan-out ReLU.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            if fan_aware and m.out_channels == 1:
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
+            elif fan_aware and m.groups > 1:
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            else:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -23,7 +23,7 @@ from torch import nn
 from .base import IMAGENET_MEAN_STD, ClickSegmentationModel, require_new_points
 from .cffm import CollaborativeFeedbackFusionModule
 from .ffcm import FocusedCorrectionModule
-from .layers import XConvBNReLU, maps_transform
+from .layers import XConvBNReLU, init_weights, maps_transform
 
 FCFI_VARIANTS = ("full", "ffcm", "cffm", "none")
 
@@ -180,7 +180,7 @@ class Lite0FCFI(ClickSegmentationModel):
         with torch.no_grad():
             self.maps_transform[3].scale.fill_(click_scale)
         self.feature_extractor = Lite0FeatureExtractor(fcfi, decoder_ch, mid_ch, expansion_ratio, update_num)
-        _init_weights(self)
+        init_weights(self, fan_aware=False)
         if pretrained:
             self.feature_extractor.backbone.load_imagenet()
 
@@ -207,14 +207,3 @@ class Lite0FCFI(ClickSegmentationModel):
             feats = torch.cat([feats, fb], dim=1)
         out["instances"] = fe.head(feats)
         return out
-
-
-def _init_weights(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
