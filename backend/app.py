@@ -46,9 +46,13 @@ def checkpoint_version(path: Path, net: torch.nn.Module) -> str:
 
 def make_loader(settings: Settings):
     def load() -> tuple[torch.nn.Module, str]:
-        path = Path(settings.checkpoint) if settings.checkpoint and settings.checkpoint != "default" \
-            else default_checkpoint_path()
-        net = load_checkpoint(path, device=settings.device)
+        if settings.checkpoint and settings.checkpoint != "default":
+            path = Path(settings.checkpoint)
+            if not path.is_file():
+                raise FileNotFoundError(f"CHECKPOINT={path} does not exist")
+        else:
+            path = default_checkpoint_path()
+        net = load_checkpoint(path if path != default_checkpoint_path() else None, device=settings.device)
         return net, settings.model_version or checkpoint_version(path, net)
 
     return load

@@ -81,6 +81,7 @@ class InferenceWorker:
             log.info("model %s ready on %s", version, self._device)
         except Exception as exc:  # reported through /health and every /predict
             self._error = f"model failed to load: {exc}"
+            self.model_version = "unavailable"
             log.exception("model failed to load")
         self._ready.set()
         while True:
