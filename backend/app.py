@@ -50,9 +50,10 @@ def make_loader(settings: Settings):
             path = Path(settings.checkpoint)
             if not path.is_file():
                 raise FileNotFoundError(f"CHECKPOINT={path} does not exist")
-        else:
+            net = load_checkpoint(path, device=settings.device)
+        else:  # the shipped weights; load_checkpoint explains how to make them when they are missing
             path = default_checkpoint_path()
-        net = load_checkpoint(path if path != default_checkpoint_path() else None, device=settings.device)
+            net = load_checkpoint(None, device=settings.device)
         return net, settings.model_version or checkpoint_version(path, net)
 
     return load

@@ -24,36 +24,10 @@ from torch import nn
 from .base import IMAGENET_MEAN_STD, ClickSegmentationModel, require_new_points
 from .cffm import CollaborativeFeedbackFusionModule
 from .ffcm import FocusedCorrectionModule
-from .layers import SeparableConv2d, init_weights, maps_transform
+from .layers import Bottleneck, SeparableConv2d, init_weights, maps_transform
 
 #: Bottleneck blocks per stage of the supported ResNetV1b backbones.
 RESNET_BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3), "resnet152": (3, 8, 36, 3)}
-
-
-class Bottleneck(nn.Module):
-    """ResNet v1b bottleneck: 1x1 -> 3x3 (stride, dilation) -> 1x1 (x4), each with BN, + shortcut."""
-
-    expansion = 4
-
-    def __init__(self, in_ch: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation,
-                               bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
 
 
 class ResNetV1b(nn.Module):

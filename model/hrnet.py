@@ -26,7 +26,7 @@ from torch import nn
 from .base import IMAGENET_MEAN_STD, ClickSegmentationModel, require_new_points
 from .cffm import CollaborativeFeedbackFusionModule
 from .ffcm import FocusedCorrectionModule
-from .layers import init_weights, maps_transform
+from .layers import Bottleneck, init_weights, maps_transform
 
 
 def _upsample(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
@@ -58,30 +58,6 @@ class BasicBlock(nn.Module):
         return self.relu(out + shortcut)
 
 
-class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (stride) -> 1x1 (x4 channels), each with BN, plus shortcut. Keys ``conv1..3 bn1..3``."""
-
-    expansion = 4
-
-    def __init__(self, in_ch: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
-
-
 def _residual_layer(block: type[BasicBlock] | type[Bottleneck], in_ch: int, planes: int,
                     num_blocks: int, stride: int = 1) -> nn.Sequential:
     """``num_blocks`` blocks; the first gets a 1x1 conv + BN ``downsample`` when the shape changes."""
@@ -90,7 +66,7 @@ def _residual_layer(block: type[BasicBlock] | type[Bottleneck], in_ch: int, plan
     if stride != 1 or in_ch != out_ch:
         downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
                                    nn.BatchNorm2d(out_ch))
-    layers = [block(in_ch, planes, stride, downsample)]
+    layers = [block(in_ch, planes, stride, downsample=downsample)]
     layers += [block(out_ch, planes) for _ in range(1, num_blocks)]
     return nn.Sequential(*layers)
 
