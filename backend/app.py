@@ -1,6 +1,7 @@
 """The HTTP service Label Studio talks to (Flask).
 
-Routes: ``GET /health``, ``POST /setup``, ``POST /predict``, ``POST /webhook``, ``GET /versions``.
+Routes: ``GET /health``, ``POST /setup``, ``POST /predict``, ``POST /webhook``, ``GET /versions``, ``GET /fit``
+(fine-tuning jobs, :mod:`backend.fit`).
 We speak the ML-backend protocol ourselves instead of using ``label-studio-ml``: its PyPI release
 (1.0.9, 2023) pins Flask 1.x and does not import, and its current version is only on GitHub.
 """
@@ -8,7 +9,6 @@ We speak the ML-backend protocol ourselves instead of using ``label-studio-ml``:
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import logging
 import time
@@ -19,12 +19,10 @@ import torch
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from model import default_checkpoint_path, load_checkpoint
-
 from .errors import BadRequest, ServiceError
-from .feedback import MemoryFeedbackStore
-from .images import ImageError, ImageLoader
-from .ls_auth import LabelStudioAuth
+from .fit import FitManager, checkpoint_version, image_loader, load_serving, predictor_options, summary
+from .images import ImageError
+from .redis_feedback import make_feedback_store
 from .service import PredictService
 from .settings import Settings
 from .training_store import TrainingStore
@@ -35,26 +33,15 @@ log = logging.getLogger(__name__)
 OPEN_ROUTES = {"/health", "/webhook"}  # Label Studio's auto-created webhook sends no auth header
 
 
-def checkpoint_version(path: Path, net: torch.nn.Module) -> str:
-    """``model_version`` of a checkpoint: its meta entry, else name + content hash."""
-    meta = getattr(net, "checkpoint_meta", {}) or {}
-    if isinstance(meta.get("model_version"), str):
-        return meta["model_version"]
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
-    return f"fcfi-{path.stem}-{digest}"
+__all__ = ["OPEN_ROUTES", "checkpoint_version", "create_app", "make_loader"]
 
 
 def make_loader(settings: Settings):
+    """The worker's loader: the promoted version ``MODEL_DIR/current.json`` names, else ``CHECKPOINT``."""
+
     def load() -> tuple[torch.nn.Module, str]:
-        if settings.checkpoint and settings.checkpoint != "default":
-            path = Path(settings.checkpoint)
-            if not path.is_file():
-                raise FileNotFoundError(f"CHECKPOINT={path} does not exist")
-            net = load_checkpoint(path, device=settings.device)
-        else:  # the shipped weights; load_checkpoint explains how to make them when they are missing
-            path = default_checkpoint_path()
-            net = load_checkpoint(None, device=settings.device)
-        return net, settings.model_version or checkpoint_version(path, net)
+        serving = load_serving(settings)
+        return serving.net, serving.version
 
     return load
 
@@ -63,23 +50,21 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
     """Build the service. Starts the inference worker (which loads the model in the background)."""
     settings = settings or Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if worker is None:
-        options = dict(zoom_in=settings.zoom_in, flip=settings.flip, target_size=settings.target_size,
-                       expansion_ratio=settings.expansion_ratio, max_size=settings.max_size)
-        worker = InferenceWorker(make_loader(settings), options, settings.device, settings.queue_size,
-                                 settings.torch_threads).start()
-    auth = LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key, timeout=10.0)
-    images = ImageLoader(auth=auth, local_files_root=settings.local_files_root, max_bytes=settings.max_image_bytes,
-                         max_pixels=settings.max_image_pixels, cache_items=settings.image_cache_items,
-                         timeout=10.0, allow_private_hosts=settings.allow_private_urls)
-    store = MemoryFeedbackStore(settings.feedback_cache_mb << 20)
-    service = PredictService(worker, images, store, settings.max_clicks, settings.request_timeout)
     training = TrainingStore(Path(settings.model_dir) / "training")
+    fit = FitManager(settings, training)  # fine-tuning jobs; its loader serves the promoted version
+    if worker is None:
+        worker = InferenceWorker(fit.loader, predictor_options(settings), settings.device, settings.queue_size,
+                                 settings.torch_threads).start()
+    fit.start(worker)
+    images = image_loader(settings)
+    store = make_feedback_store(settings)  # Redis when REDIS_URL is set, else in-process
+    service = PredictService(worker, images, store, settings.max_clicks, settings.request_timeout)
 
     app = Flask(__name__)
     app.config["settings"] = settings
     app.config["service"] = service
     app.config["worker"] = worker
+    app.config["fit"] = fit
 
     @app.before_request
     def basic_auth() -> Response | None:
@@ -131,20 +116,28 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
                 log.info("webhook %s annotation %s: skipped %s", event.action, event.annotation_id, reason)
             log.info("webhook %s annotation %s: %d samples stored (%d in store)", event.action,
                      event.annotation_id, stored, training.count())
-            return jsonify(status="ok", action=event.action, stored=stored, skipped=event.skipped)
+            job = fit.samples_stored() if stored else None  # FIT_EVERY_N_SAMPLES; queues only, never trains here
+            return jsonify(status="ok", action=event.action, stored=stored, skipped=event.skipped,
+                           fit_job=summary(job))
         if isinstance(event, DeleteEvent):
             removed = training.delete_annotations(event.annotation_ids)
             log.info("webhook ANNOTATIONS_DELETED %s: %d samples removed", event.annotation_ids, removed)
             return jsonify(status="ok", action="ANNOTATIONS_DELETED", removed=removed)
         if isinstance(event, TrainEvent):
-            log.info("webhook START_TRAINING for project %s: %d samples stored", event.project_id, training.count())
-            return jsonify(status="ok", action="START_TRAINING", samples=training.count())
+            job = fit.request("START_TRAINING", project_id=event.project_id)  # queued; a child process trains
+            log.info("webhook START_TRAINING for project %s: %d samples stored, fit job %s %s", event.project_id,
+                     training.count(), job["id"], job["status"])
+            return jsonify(status="ok", action="START_TRAINING", samples=training.count(), job=summary(job))
         log.info("webhook %s ignored", action)
         return jsonify(status="ignored", action=action)
 
     @app.route("/versions", methods=["GET", "POST"])
     def versions() -> Response:
-        return jsonify(versions=[worker.model_version])
+        return jsonify(versions=fit.versions())  # the base version and every version promoted from it
+
+    @app.get("/fit")
+    def fit_status() -> Response:
+        return jsonify(fit.status())
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError) -> tuple[Response, int]:

@@ -5,8 +5,8 @@ order, so the state of every prefix of a click sequence has its own key. A reque
 longest stored prefix of its clicks and runs the network only for the clicks after it; an empty
 store just means a replay from the first click. So the answer never depends on what the store holds.
 
-``FeedbackStore`` is the interface; :class:`MemoryFeedbackStore` is the in-process default (the
-scale-out issue adds a shared one).
+``FeedbackStore`` is the interface; :class:`MemoryFeedbackStore` is the in-process default and
+:class:`backend.redis_feedback.RedisFeedbackStore` (with ``REDIS_URL``) shares states between replicas.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@
 | ``MAX_IMAGE_BYTES`` | ``100000000`` | larger downloads are refused (413) |
 | ``IMAGE_CACHE_ITEMS`` | ``16`` | decoded images kept (LRU) |
 | ``FEEDBACK_CACHE_MB`` | ``256`` | memory for stored feedback states (LRU) |
+| ``REDIS_URL`` | unset (in-process store) | e.g. ``redis://redis:6379/0``: feedback states in Redis, for replicas |
+| ``REDIS_PREFIX`` | ``fcfi:`` | namespace of this service's Redis keys |
+| ``FEEDBACK_TTL_S`` | ``3600`` | seconds a feedback state lives in Redis after its click |
 | ``MAX_CLICKS`` | ``200`` | more clicks in one request are refused (413) |
 | ``QUEUE_SIZE`` | ``32`` | waiting requests before the service answers 503 |
 | ``REQUEST_TIMEOUT`` | ``60`` | seconds a request may wait for the model |
@@ -22,6 +25,16 @@
 | ``TORCH_THREADS`` | torch's default | CPU threads of the inference worker |
 | ``MODEL_VERSION`` | from the checkpoint | version string reported to Label Studio |
 | ``LOG_LEVEL`` | ``INFO`` | logging level |
+| ``FIT_EVERY_N_SAMPLES`` | ``25`` | fine-tune after this many new stored samples; ``0``: only on ``START_TRAINING`` |
+| ``FIT_STEPS`` / ``FIT_BATCH_SIZE`` | ``60`` / ``4`` | optimizer steps and crops per step of one job |
+| ``FIT_LR`` | ``0.0002`` | Adam learning rate of the decoder/FCFI layers (backbone: x0.1) |
+| ``FIT_CROP`` | ``320`` | training images are scaled to this long side and cropped to this square (px) |
+| ``FIT_FREEZE_BN`` | ``true`` | keep BatchNorm statistics of the serving model while fine-tuning (small batches) |
+| ``FIT_EVAL_CLICKS`` | ``20`` | simulated clicks per held-out sample in the before/after NoC evaluation |
+| ``FIT_MAX_VAL_SAMPLES`` / ``FIT_MAX_TRAIN_SAMPLES`` | ``20`` / ``500`` | newest samples a job evaluates / trains on |
+| ``FIT_THREADS`` | ``1`` | torch CPU threads of the job process |
+| ``FIT_NICE`` | ``10`` | niceness added to the job process, so serving keeps priority |
+| ``FIT_DEVICE`` | ``DEVICE`` | device of the job process |
 """
 
 from __future__ import annotations
@@ -71,6 +84,9 @@ class Settings:
     max_image_bytes: int = 100_000_000
     image_cache_items: int = 16
     feedback_cache_mb: int = 256
+    redis_url: str | None = None
+    redis_prefix: str = "fcfi:"
+    feedback_ttl_s: int = 3600
     max_clicks: int = 200
     queue_size: int = 32
     request_timeout: float = 60.0
@@ -82,6 +98,18 @@ class Settings:
     torch_threads: int | None = None
     model_version: str | None = None
     log_level: str = "INFO"
+    fit_every_n_samples: int = 25
+    fit_steps: int = 60
+    fit_batch_size: int = 4
+    fit_lr: float = 2e-4
+    fit_crop: int = 320
+    fit_freeze_bn: bool = True
+    fit_eval_clicks: int = 20
+    fit_max_val_samples: int = 20
+    fit_max_train_samples: int = 500
+    fit_threads: int = 1
+    fit_nice: int = 10
+    fit_device: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -101,6 +129,9 @@ class Settings:
             max_image_bytes=_int("MAX_IMAGE_BYTES", 100_000_000),
             image_cache_items=_int("IMAGE_CACHE_ITEMS", 16),
             feedback_cache_mb=_int("FEEDBACK_CACHE_MB", 256),
+            redis_url=_str("REDIS_URL"),
+            redis_prefix=os.environ.get("REDIS_PREFIX", "fcfi:"),
+            feedback_ttl_s=_int("FEEDBACK_TTL_S", 3600),
             max_clicks=_int("MAX_CLICKS", 200),
             queue_size=_int("QUEUE_SIZE", 32),
             request_timeout=_float("REQUEST_TIMEOUT", 60.0),
@@ -112,4 +143,16 @@ class Settings:
             torch_threads=int(threads) if threads else None,
             model_version=_str("MODEL_VERSION"),
             log_level=_str("LOG_LEVEL") or "INFO",
+            fit_every_n_samples=_int("FIT_EVERY_N_SAMPLES", 25),
+            fit_steps=_int("FIT_STEPS", 60),
+            fit_batch_size=_int("FIT_BATCH_SIZE", 4),
+            fit_lr=_float("FIT_LR", 2e-4),
+            fit_crop=_int("FIT_CROP", 320),
+            fit_freeze_bn=_bool("FIT_FREEZE_BN", True),
+            fit_eval_clicks=_int("FIT_EVAL_CLICKS", 20),
+            fit_max_val_samples=_int("FIT_MAX_VAL_SAMPLES", 20),
+            fit_max_train_samples=_int("FIT_MAX_TRAIN_SAMPLES", 500),
+            fit_threads=_int("FIT_THREADS", 1),
+            fit_nice=_int("FIT_NICE", 10),
+            fit_device=_str("FIT_DEVICE"),
         )

@@ -468,6 +468,18 @@ class TrainingStore:
         found = dict(self._conn().execute("SELECT split, COUNT(*) FROM samples GROUP BY split").fetchall())
         return {split: int(found.get(split, 0)) for split in SPLITS}
 
+    def max_id(self) -> int:
+        """The largest row id ever handed out (0 for a new store): a watermark for :meth:`count_after`.
+
+        Row ids come from ``AUTOINCREMENT``, so they are never reused, even after deletes.
+        """
+        row = self._conn().execute("SELECT seq FROM sqlite_sequence WHERE name = 'samples'").fetchone()
+        return int(row[0]) if row else 0
+
+    def count_after(self, row_id: int) -> int:
+        """Samples stored as new rows after the watermark ``row_id`` (from :meth:`max_id`) and still present."""
+        return int(self._conn().execute("SELECT COUNT(*) FROM samples WHERE id > ?", (int(row_id),)).fetchone()[0])
+
     def samples(self, split: str | None = None, project_id: int | None = None) -> list[SampleRow]:
         """Stored samples ordered by row id, optionally of one split and/or project (one consistent snapshot)."""
         where, params = self._filter(split, project_id)

@@ -118,21 +118,50 @@ class FPNDecoder(nn.Module):
         )
         self.refine = nn.Sequential(XConvBNReLU(ch), XConvBNReLU(ch))
 
-    def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, taps: list[torch.Tensor], extra: torch.Tensor | None = None) -> torch.Tensor:
+        """``extra``: optional [B, ch, H/4, W/4] added to the stride-4 sum before the refinement."""
         x = self.lateral[-1](taps[-1])
         for lateral, tap in zip(reversed(self.lateral[:-1]), reversed(taps[:-1]), strict=True):
             x = F.interpolate(x, size=tap.shape[-2:], mode="bilinear", align_corners=False) + lateral(tap)
+        if extra is not None:
+            x = x + extra
         return self.refine(F.relu(x))
+
+
+def click_similarity(feats: torch.Tensor, disks: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every feature vector to the mean feature under the positive and under the
+    negative click disks.
+
+    Args:
+        feats: [B, C, h, w] backbone features (stride 16).
+        disks: [B, 2, H, W] positive and negative click disks in {0, 1}.
+    Returns:
+        [B, 2, h, w] in [-1, 1]; a channel is 0 where its click type is absent.
+
+    This hands the decoder "pixels that look like what was clicked" from the first step: with the clicks
+    entering only as local maps, a short CPU budget learned blobs around the clicks, not objects.
+    """
+    weights = F.adaptive_avg_pool2d(disks.to(feats.dtype), feats.shape[-2:])  # [B, 2, h, w]
+    f = F.normalize(feats, dim=1)
+    protos = torch.einsum("bkhw,bchw->bkc", weights, f) / weights.sum((2, 3)).clamp_min(1e-6)[..., None]
+    return torch.einsum("bkc,bchw->bkhw", F.normalize(protos, dim=2), f)
 
 
 class Lite0FeatureExtractor(nn.Module):
     """Backbone, decoder, FCFI modules and head; everything except the click-map stem."""
 
     def __init__(self, fcfi: str, decoder_ch: int, mid_ch: int, expansion_ratio: float,
-                 update_num: int) -> None:
+                 update_num: int, click_skip: bool = True) -> None:
         super().__init__()
         self.backbone = EfficientNetLite0()
         self.decoder = FPNDecoder(decoder_ch)
+        if click_skip:
+            # Click encoding straight into the stride-4 decoder: the clicks reach the head through
+            # three layers instead of the whole trunk, which is what lets a short CPU budget learn to
+            # follow them (with the stem injection alone the network learned saliency first).
+            # Inputs: the 3 encoding channels and 2 click-similarity maps (see ``click_similarity``).
+            self.click_skip = nn.Sequential(nn.Conv2d(5, decoder_ch, 3, padding=1, bias=False),
+                                            nn.BatchNorm2d(decoder_ch))
         if fcfi in ("full", "ffcm"):
             # aux: RGB (3) + click encoding [prev, pos, neg] (3) + feedback (1).
             self.correction_module = FocusedCorrectionModule(decoder_ch, mid_ch, 7, expansion_ratio)
@@ -156,6 +185,7 @@ class Lite0FCFI(ClickSegmentationModel):
         update_num: CFFM iterations.
         norm_radius: click disk radius (input pixels).
         click_scale: initial value of the learned scale on the click-map stem injection.
+        click_skip: also add the click encoding (max-pooled to stride 4) to the decoder.
         pretrained: initialise the backbone from the ImageNet weights package.
     """
 
@@ -163,14 +193,14 @@ class Lite0FCFI(ClickSegmentationModel):
 
     def __init__(self, fcfi: str = "full", decoder_ch: int = 64, mid_ch: int = 32,
                  expansion_ratio: float = 0.3, update_num: int = 1, norm_radius: float = 5,
-                 click_scale: float = 1.0, pretrained: bool = False) -> None:
+                 click_scale: float = 1.0, click_skip: bool = True, pretrained: bool = False) -> None:
         super().__init__(norm_radius=norm_radius, prev_mask_in_encoding=True, norm_mean_std=IMAGENET_MEAN_STD)
         if fcfi not in FCFI_VARIANTS:
             raise ValueError(f"fcfi must be one of {FCFI_VARIANTS}, got {fcfi!r}")
         self.fcfi = fcfi
         self.config_params = dict(fcfi=fcfi, decoder_ch=decoder_ch, mid_ch=mid_ch,
                                   expansion_ratio=expansion_ratio, update_num=update_num,
-                                  norm_radius=norm_radius, click_scale=click_scale)
+                                  norm_radius=norm_radius, click_scale=click_scale, click_skip=click_skip)
         self.use_ffcm = fcfi in ("full", "ffcm")
         self.use_cffm = fcfi in ("full", "cffm")
         self.maps_transform = maps_transform(self.coord_channels, 32)
@@ -179,7 +209,8 @@ class Lite0FCFI(ClickSegmentationModel):
         # ignore clicks. A unit start lets the click pathway learn from the first steps.
         with torch.no_grad():
             self.maps_transform[3].scale.fill_(click_scale)
-        self.feature_extractor = Lite0FeatureExtractor(fcfi, decoder_ch, mid_ch, expansion_ratio, update_num)
+        self.feature_extractor = Lite0FeatureExtractor(fcfi, decoder_ch, mid_ch, expansion_ratio, update_num,
+                                                       click_skip)
         init_weights(self, fan_aware=False)
         if pretrained:
             self.feature_extractor.backbone.load_imagenet()
@@ -192,7 +223,14 @@ class Lite0FCFI(ClickSegmentationModel):
                          new_points: torch.Tensor | None,
                          gate: torch.Tensor | float) -> dict[str, torch.Tensor | None]:
         fe = self.feature_extractor
-        feats = fe.decoder(fe.backbone(rgb, self.maps_transform(encoding)))
+        taps = fe.backbone(rgb, self.maps_transform(encoding))
+        skip = None
+        if hasattr(fe, "click_skip"):
+            size = taps[0].shape[-2:]
+            sim = F.interpolate(click_similarity(taps[2], encoding[:, 1:3]), size=size, mode="bilinear",
+                                align_corners=False)
+            skip = fe.click_skip(torch.cat([F.adaptive_max_pool2d(encoding, size), sim], 1))
+        feats = fe.decoder(taps, skip)
         out: dict[str, torch.Tensor | None] = {"box_mask": None}
         feedback = prev_mask
         if self.use_ffcm:

@@ -54,3 +54,40 @@ def test_compose_has_label_studio_backend_and_model_volume() -> None:
     assert "model-data:/data/model" in backend["volumes"] and "model-data" in compose["volumes"]
     assert backend["build"]["dockerfile"] == "docker/Dockerfile"
     assert (ROOT / "docker" / backend["build"]["context"] / backend["build"]["dockerfile"]).resolve().exists()
+
+
+def test_compose_scale_profile_redis_replicas_behind_nginx() -> None:
+    compose = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
+    services = compose["services"]
+    # The default `docker compose up` is unchanged; the scale-out services only come with --profile scale.
+    assert "profiles" not in services["label-studio"] and "profiles" not in services["backend"]
+    for name in ("redis", "backend-replica", "balancer"):
+        assert services[name]["profiles"] == ["scale"], name
+
+    redis = services["redis"]
+    assert re.fullmatch(r"redis:7[\d.]*-alpine", redis["image"])
+    command = redis["command"]
+    assert command[0] == "redis-server" and command[command.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    assert command[command.index("--save") + 1] == "" and "--maxmemory" in command  # a bounded cache
+
+    replica, backend = services["backend-replica"], services["backend"]
+    assert replica["build"] == backend["build"]
+    env = dict(e.split("=", 1) for e in replica["environment"])
+    assert env["REDIS_URL"] == "redis://redis:6379/0" and "FEEDBACK_TTL_S" in env
+    assert env["LABEL_STUDIO_URL"] == "http://label-studio:8080" and env["MODEL_DIR"] == "/data/model"
+    assert "model-data:/data/model" in replica["volumes"]  # one training store for every replica
+    assert "ports" not in replica  # replicas cannot share a host port; the balancer publishes one
+    assert "redis" in replica["depends_on"]
+    count = re.fullmatch(r"\$\{BACKEND_REPLICAS:-(\d+)\}", str(replica["deploy"]["replicas"]))
+    assert count and int(count.group(1)) >= 2
+
+    balancer = services["balancer"]
+    assert balancer["image"].startswith("nginx:") and balancer["depends_on"] == ["backend-replica"]
+    assert balancer["ports"] == ["9091:9090"]
+    source, target = balancer["volumes"][0].split(":")[:2]
+    assert target == "/etc/nginx/conf.d/default.conf"
+    nginx = (ROOT / "docker" / source).read_text()
+    assert re.search(r"upstream fcfi_backend \{[^}]*server backend-replica:9090;", nginx)
+    assert "listen 9090;" in nginx and "proxy_pass http://fcfi_backend;" in nginx
+    assert re.search(r"proxy_read_timeout (\d+)s;", nginx)  # longer than nginx's 60 s default: clicks queue
+    assert int(re.search(r"proxy_read_timeout (\d+)s;", nginx).group(1)) > 60

@@ -88,3 +88,13 @@ def test_missing_default_checkpoint_is_a_clear_error(tmp_path: Path, monkeypatch
     folder = make_folder(tmp_path / "toy")
     with pytest.raises(SystemExit, match="no shipped checkpoint"):
         main(["--checkpoint", "default", "--dataset", str(folder), "--limit", "1", "--no-progress"])
+
+
+def test_every_takes_an_even_subset(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "toy", n=5)
+    results = main(["--baseline", "grabcut", "--dataset", str(folder), "--every", "2", "--n-clicks", "2",
+                    "--no-progress"])
+    assert [r["name"] for r in results["toy"]["samples"]] == ["s0", "s2", "s4"]
+    assert results["settings"]["every"] == 2
+    with pytest.raises(SystemExit):
+        main(["--baseline", "grabcut", "--dataset", str(folder), "--every", "0"])

@@ -1,0 +1,363 @@
+"""The fit job process: ``python -m backend.fit_job --job-id N [--lock-fd FD]``.
+
+Started by :class:`backend.fit.FitManager` (which queues the job in ``MODEL_DIR/fit/state.json``, takes the job
+lock and passes it on as ``--lock-fd``, and passes the app's settings in ``FIT_SETTINGS_JSON``). Run by hand it
+reads the settings from the environment and takes the lock itself (exit code 3 while another job runs).
+
+What it does, writing each phase into the job's entry of the state (``GET /fit``):
+
+1. **loading**: the serving network (:func:`backend.fit.load_serving`, i.e. the promoted version or the base),
+   the stored samples (read-only) with their images (:func:`backend.fit.image_loader`, the app's settings) and
+   masks. Held-out samples are the store's ``"val"`` split (whole tasks, see
+   :func:`backend.training_store.split_for_task`); when there are none, a deterministic fifth of the training
+   tasks is held out instead, and with fewer than two tasks the job is rejected.
+2. **eval_before**: NoC@85/90 and mIoU of the serving network on the held-out samples, with the evaluation
+   protocol (:func:`model.evaluate.evaluate_sample`, ``FIT_EVAL_CLICKS`` clicks) and the serving predictor options.
+3. **training**: ``FIT_STEPS`` steps of the training recipe (:mod:`model.train`: multi-point click sampler,
+   iterative click simulation, FCFI loss, Adam with a 10x smaller backbone learning rate, warm-up) on crops of
+   the training samples scaled to ``FIT_CROP`` px; BatchNorm statistics frozen unless ``FIT_FREEZE_BN=false``.
+4. **eval_after**: the same evaluation of the fine-tuned network.
+5. **promoted** (not worse, :func:`backend.fit.decide`): checkpoint ``MODEL_DIR/versions/<base>-vN.pth``, then
+   the pointer ``MODEL_DIR/current.json`` (both atomic), which the app swaps in; or **rejected** (the candidate is
+   kept as ``MODEL_DIR/fit/rejected.pth``); or **failed** with the error.
+
+CPU: ``FIT_THREADS`` torch threads (default 1) and ``os.nice(FIT_NICE)``, so serving keeps priority.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import logging
+import math
+import os
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from model import FCFIPredictor
+from model.evaluate import evaluate_sample
+from model.metrics import noc
+from model.train import fcfi_loss, lr_at, make_batch, param_groups, set_lr, simulate_and_forward
+from model.train_data import AugmentConfig, LoadedImage, SampleMaker
+
+from .fit import (
+    FIT_DIR,
+    JOB_LOCK,
+    POINTER,
+    REJECTED,
+    SETTINGS_ENV,
+    VERSIONS_DIR,
+    FitState,
+    atomic_write_json,
+    decide,
+    describe,
+    image_loader,
+    load_serving,
+    next_version,
+    now,
+    predictor_options,
+    read_pointer,
+    save_checkpoint_atomic,
+    settings_from_json,
+    try_lock,
+    version_file_name,
+)
+from .images import ImageError
+from .settings import Settings
+from .training_store import SampleRow, StoreError, TrainingStore
+
+log = logging.getLogger("backend.fit_job")
+
+HOLDOUT_FRACTION = 0.2  # of the training tasks, when the store has no "val" samples
+MAX_NEXT_CLICKS = 3  # simulated correction rounds per training sample, as in model.train
+FEEDBACK_WEIGHTS = (1.0, 1.0)
+BACKBONE_LR_MULT = 0.1
+MIN_OBJECT_PIXELS = 60  # AugmentConfig's: smaller objects at training scale cannot make a crop
+PROGRESS_EVERY_S = 0.5
+
+
+class Rejected(Exception):
+    """The job cannot produce a fair candidate (too little data); it ends ``rejected`` with this reason."""
+
+
+def holdout_tasks(task_ids: set[int], fraction: float = HOLDOUT_FRACTION) -> set[int]:
+    """A deterministic ``fraction`` (at least one) of the tasks, never all of them: the first by SHA-256 of the id."""
+    ordered = sorted(task_ids, key=lambda t: hashlib.sha256(f"fcfi-holdout:{t}".encode()).digest())
+    k = min(len(ordered) - 1, max(1, round(fraction * len(ordered))))
+    return set(ordered[:k])
+
+
+def choose_samples(rows: list[SampleRow], max_train: int, max_val: int) -> tuple[list[SampleRow], list[SampleRow], str]:
+    """``(train, val, how the held-out samples were chosen)``, the newest ``max_*`` of each.
+
+    Raises:
+        Rejected: no samples, or too few tasks to hold one out.
+    """
+    if not rows:
+        raise Rejected("no stored samples to train on")
+    train = [r for r in rows if r.split == "train"]
+    val = [r for r in rows if r.split == "val"]
+    how = "the store's val split"
+    if not val:
+        tasks = {r.task_id for r in train}
+        if len(tasks) < 2:
+            raise Rejected("no held-out (val) samples and all samples come from one task: annotate at least two "
+                           "tasks so one can be held out")
+        held = holdout_tasks(tasks)
+        val = [r for r in train if r.task_id in held]
+        train = [r for r in train if r.task_id not in held]
+        how = f"no val samples: {len(held)} of {len(tasks)} training tasks held out"
+    if not train:
+        raise Rejected("all stored samples are held out (val); annotate more tasks")
+    return train[-max_train:], val[-max_val:], how
+
+
+def freeze_batchnorm(net: nn.Module) -> None:
+    """Keep every BatchNorm layer in eval mode (running statistics fixed) even when ``net.train()`` is called.
+
+    Batches of 4 crops from a handful of images give noisy statistics; the serving model's are kept instead.
+    """
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            m.train = types.MethodType(lambda self, mode=True: self, m)  # simulate_and_forward calls net.train()
+
+
+class FitJob:
+    """One fine-tuning job (see the module docstring). :meth:`run` returns the job's final fields."""
+
+    def __init__(self, settings: Settings, job_id: int, state: FitState) -> None:
+        self.s = settings
+        self.job_id = job_id
+        self.state = state
+        self.model_dir = Path(settings.model_dir)
+        self.device = torch.device(settings.fit_device or settings.device)
+        self._last_progress = 0.0
+        self._phase = ""
+        self.timings: dict[str, float] = {}
+
+    def progress(self, phase: str, step: int, total: int, force: bool = False) -> None:
+        """Record progress in the state (at most every 0.5 s unless ``force``)."""
+        t = time.monotonic()
+        if phase != self._phase:
+            log.info("phase %s", phase)
+            self._phase, force = phase, True
+        if force or t - self._last_progress >= PROGRESS_EVERY_S:
+            self._last_progress = t
+            self.state.update_job(self.job_id, progress={"phase": phase, "step": step, "total": total})
+
+    # -- data ------------------------------------------------------------------------------------------------------
+
+    def load_samples(self, store: TrainingStore, rows: list[SampleRow], phase: str,
+                     skipped: list[str]) -> list[tuple[SampleRow, np.ndarray, np.ndarray]]:
+        """``(row, rgb, mask)`` of every row whose image and mask load; the others are described in ``skipped``."""
+        loader = image_loader(self.s, cache_items=4)  # rows of one image are consecutive
+        out = []
+        for i, row in enumerate(rows):
+            self.progress(phase, i, len(rows))
+            try:
+                rgb = loader.load(row.image_url, task_id=row.task_id, project_id=row.project_id).rgb
+                mask = store.load_mask(row)
+            except (ImageError, StoreError) as exc:
+                skipped.append(f"sample {row.id}: {exc}")
+                continue
+            h, w = rgb.shape[:2]
+            if mask.shape != (h, w):  # Label Studio's natural size should match the decoded image; follow the image
+                mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+                if not mask.any():
+                    skipped.append(f"sample {row.id}: mask is empty at the image's size")
+                    continue
+            out.append((row, rgb, mask))
+        return out
+
+    def training_images(self, samples: list[tuple[SampleRow, np.ndarray, np.ndarray]],
+                        skipped: list[str]) -> list[LoadedImage]:
+        """Images scaled to at most ``FIT_CROP`` px on the long side, as :class:`model.train_data.SampleMaker` wants."""
+        out = []
+        for row, rgb, mask in samples:
+            scale = self.s.fit_crop / max(rgb.shape[:2])
+            if scale < 1:
+                size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+                mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+            if mask.sum() < 2 * MIN_OBJECT_PIXELS:
+                skipped.append(f"sample {row.id}: object too small to train on ({int(mask.sum())} px at "
+                               f"{rgb.shape[1]}x{rgb.shape[0]})")
+                continue
+            labels = mask.astype(np.uint8) * np.uint8(255)
+            out.append(LoadedImage(np.ascontiguousarray(rgb), labels, [(255,)], f"task{row.task_id}"))
+        return out
+
+    # -- evaluation and training -------------------------------------------------------------------------------------
+
+    def evaluate(self, net: nn.Module, samples: list[tuple[SampleRow, np.ndarray, np.ndarray]],
+                 phase: str) -> dict[str, Any]:
+        """NoC@85/90 (mean), mIoU (mean over samples and clicks) with the serving predictor options."""
+        t0 = time.perf_counter()
+        net.eval()
+        predictor = FCFIPredictor(net, device=self.device, **predictor_options(self.s))
+        n = max(1, self.s.fit_eval_clicks)
+        curves = []
+        for i, (_, rgb, mask) in enumerate(samples):
+            self.progress(phase, i, len(samples))
+            curves.append(evaluate_sample(predictor, rgb, mask.astype(np.int8), n)["ious"])
+        self.timings[phase + "_s"] = round(time.perf_counter() - t0, 2)
+        return {"noc85": float(np.mean([noc(c, 0.85, n) for c in curves])),
+                "noc90": float(np.mean([noc(c, 0.90, n) for c in curves])),
+                "miou": float(np.mean([np.mean(c) for c in curves])), "n": len(curves), "clicks": n}
+
+    def train(self, net: nn.Module, images: list[LoadedImage]) -> dict[str, float]:
+        """Fine-tune ``net`` in place; returns the first and last loss."""
+        t0 = time.perf_counter()
+        s = self.s
+        longest = max(max(img.rgb.shape[:2]) for img in images)
+        side = int(min(s.fit_crop, max(64, math.ceil(longest / 32) * 32)))
+        maker = SampleMaker(images, AugmentConfig(crop=(side, side), min_object_pixels=MIN_OBJECT_PIXELS))
+        for p in net.parameters():
+            p.requires_grad_(True)
+        if s.fit_freeze_bn:
+            freeze_batchnorm(net)
+        net.train()
+        opt = torch.optim.Adam(param_groups(net, s.fit_lr, BACKBONE_LR_MULT), lr=s.fit_lr)
+        steps, warmup = max(0, s.fit_steps), min(10, s.fit_steps // 5)
+        torch.manual_seed(self.job_id)
+        losses: list[float] = []
+        for step in range(steps):
+            self.progress("training", step, steps)
+            images_t, masks, clicks = make_batch(maker, self.job_id, step, max(1, s.fit_batch_size), (side, side))
+            images_t, masks = images_t.to(self.device), masks.to(self.device)
+            set_lr(opt, lr_at(step, steps, s.fit_lr, warmup, 0.85))
+            rng = np.random.default_rng([self.job_id, step, 1])
+            out = simulate_and_forward(net, images_t, masks, clicks, rng, MAX_NEXT_CLICKS, False)
+            loss, _ = fcfi_loss(out, masks, FEEDBACK_WEIGHTS)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"the loss is {value} at step {step}; lower FIT_LR")
+            losses.append(value)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        self.progress("training", steps, steps, force=True)
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self.timings["training_s"] = round(time.perf_counter() - t0, 2)
+        return {"first": losses[0], "last": losses[-1], "crop": side} if losses else {"crop": side}
+
+    # -- the job ---------------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self.progress("loading", 0, 0, force=True)
+        serving = load_serving(self.s, device=str(self.device))
+        net, base = serving.net, serving.base_version
+        self.state.update_job(self.job_id, start_version=serving.version)
+        skipped: list[str] = []
+        store = TrainingStore(self.model_dir / "training", readonly=True)
+        try:
+            train_rows, val_rows, how = choose_samples(store.samples(), max(1, self.s.fit_max_train_samples),
+                                                       max(1, self.s.fit_max_val_samples))
+            val = self.load_samples(store, val_rows, "loading", skipped)
+            train = self.training_images(self.load_samples(store, train_rows, "loading", skipped), skipped)
+        finally:
+            store.close()
+        counts = {"train": len(train), "val": len(val), "holdout": how, "skipped": len(skipped)}
+        self.state.update_job(self.job_id, samples=counts, skipped=skipped[:20])
+        for reason in skipped:
+            log.warning("skipped %s", reason)
+        if not val:
+            raise Rejected("no held-out sample could be loaded" + (f" ({skipped[0]})" if skipped else ""))
+        if not train:
+            raise Rejected("no training sample could be loaded" + (f" ({skipped[0]})" if skipped else ""))
+        self.timings["loading_s"] = round(time.perf_counter() - t0, 2)
+
+        before = self.evaluate(net, val, "eval_before")
+        self.state.update_job(self.job_id, before=before)
+        loss = self.train(net, train)
+        after = self.evaluate(net, val, "eval_after")
+        promote, reason = decide(before, after)
+        result: dict[str, Any] = {"before": before, "after": after, "loss": loss, "reason": reason}
+        meta = {"base_version": base, "parent_version": serving.version, "job_id": self.job_id, "before": before,
+                "after": after, "samples": counts, "steps": self.s.fit_steps, "lr": self.s.fit_lr}
+        if not promote:
+            path = self.model_dir / FIT_DIR / REJECTED
+            save_checkpoint_atomic(net, path, {**meta, "model_version": f"{base}-rejected-job{self.job_id}"})
+            return {**result, "status": "rejected", "candidate": str(path.relative_to(self.model_dir))}
+
+        version = next_version(self.model_dir, base)
+        path = self.model_dir / VERSIONS_DIR / version_file_name(version)
+        save_checkpoint_atomic(net, path, {**meta, "model_version": version})
+        pointer = read_pointer(self.model_dir) or {}
+        entry = {"version": version, "checkpoint": str(path.relative_to(self.model_dir)), "base": base,
+                 "parent": serving.version, "job_id": self.job_id, "promoted_at": now(), "before": before,
+                 "after": after}
+        # The commit point: from here on the app serves the new version (and a crash still counts as promoted).
+        atomic_write_json(self.model_dir / POINTER, {
+            "schema": 1, "serving": version, "checkpoint": entry["checkpoint"], "base": base,
+            "promoted": [*pointer.get("promoted", []), entry]})
+        return {**result, "status": "promoted", "version": version}
+
+
+def _hold_lock(settings: Settings, lock_fd: int | None) -> int | None:
+    if lock_fd is None:
+        return try_lock(Path(settings.model_dir) / FIT_DIR / JOB_LOCK)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # already ours (inherited): confirms it, never blocks
+    return lock_fd
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one queued job; exit code 0 when it ended promoted/rejected/failed as recorded, 2 on usage, 3 if busy."""
+    ap = argparse.ArgumentParser(prog="python -m backend.fit_job", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--job-id", type=int, required=True, help="the job's id in MODEL_DIR/fit/state.json")
+    ap.add_argument("--lock-fd", type=int, default=None, help="inherited fd holding MODEL_DIR/fit/job.lock")
+    args = ap.parse_args(argv)
+    settings = settings_from_json(os.environ[SETTINGS_ENV]) if os.environ.get(SETTINGS_ENV) else Settings.from_env()
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s fit-job-{args.job_id}[%(process)d]: %(message)s")
+    torch.set_num_threads(max(1, settings.fit_threads))
+    with contextlib.suppress(RuntimeError):  # only possible before any parallel work
+        torch.set_num_interop_threads(1)
+    cv2.setNumThreads(max(1, settings.fit_threads))
+    if settings.fit_nice > 0:
+        with contextlib.suppress(OSError):
+            os.nice(settings.fit_nice)  # serving (and on CUDA its host-side work) keeps priority
+
+    lock = _hold_lock(settings, args.lock_fd)
+    if lock is None:
+        log.error("another fit job is running (%s is locked)", Path(settings.model_dir) / FIT_DIR / JOB_LOCK)
+        return 3
+    state = FitState(Path(settings.model_dir))
+    job = FitState.job(state.read(), args.job_id)
+    if job is None or job["status"] not in ("queued", "running"):
+        log.error("fit job %s is not queued or running: %s", args.job_id, job and job["status"])
+        return 2
+    started = time.time()
+    state.update_job(args.job_id, status="running", pid=os.getpid(), started_at=job.get("started_at") or now())
+    log.info("fit job %s started (pid %d, %d thread(s), device %s)", args.job_id, os.getpid(),
+             torch.get_num_threads(), settings.fit_device or settings.device)
+    fitter = FitJob(settings, args.job_id, state)
+    try:
+        fields = fitter.run()
+    except Rejected as exc:
+        fields = {"status": "rejected", "reason": str(exc)}
+    except Exception as exc:
+        log.exception("fit job %s failed", args.job_id)
+        fields = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    final = state.update_job(args.job_id, **fields, progress=None, timings=fitter.timings, finished_at=now(),
+                             wall_s=round(time.time() - started, 2))
+    log.info("%s", describe(final))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""The fit hook over real HTTP on loopback: webhooks in, a fine-tuning job in its own process, a promoted version out.
+
+The serving model is the session's tiny network (conftest.py) saved as a checkpoint; a stand-in Label Studio
+(ls_stub.py) serves small images. Jobs run a couple of steps on 64x80 images with 3 evaluation clicks, so each
+takes seconds. ``FIT_LR=0`` makes the candidate equal to the serving model (not worse: promoted), a large rate
+breaks it (worse: rejected).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from ls_stub import FakeLabelStudio
+from PIL import Image
+from test_webhooks import annotation_body, brush_result
+from werkzeug.serving import make_server
+
+from backend import fit
+from backend.app import create_app
+from backend.fit_job import choose_samples, holdout_tasks
+from backend.settings import Settings
+from backend.training_store import SampleRow, TrainingStore, split_for_task
+from model import load_checkpoint, save_checkpoint
+
+H, W = 64, 80
+PROJECT = 5
+TRAIN_TASKS = [t for t in range(1, 200) if split_for_task(t) == "train"][:3]
+VAL_TASKS = [t for t in range(1, 200) if split_for_task(t) == "val"][:2]
+BASE = "tiny-1"
+
+
+def scene(task: int) -> tuple[np.ndarray, np.ndarray]:
+    """A coloured disk (radius 11) on a plain noisy background, different per task, and its mask."""
+    rng = np.random.default_rng(task)
+    bg, fg = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    cy, cx = rng.uniform(13, H - 13), rng.uniform(13, W - 13)
+    yy, xx = np.mgrid[:H, :W]
+    disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= 11**2
+    rgb = np.where(disk[..., None], fg, bg) + rng.normal(0, 4, (H, W, 3))
+    return rgb.clip(0, 255).astype(np.uint8), disk
+
+
+def image_path(task: int) -> str:
+    return f"/data/upload/{PROJECT}/task-{task}.png"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_net, tmp_path_factory) -> Path:
+    return save_checkpoint(tiny_net, tmp_path_factory.mktemp("ck") / "tiny.pth", meta={"model_version": BASE})
+
+
+@pytest.fixture(scope="module")
+def label_studio() -> Iterator[FakeLabelStudio]:
+    ls = FakeLabelStudio().start()
+    for task in range(1, 200):
+        rgb, _ = scene(task)
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        ls.protected_file(image_path(task), buf.getvalue())
+    yield ls
+    ls.stop()
+
+
+def fit_settings(checkpoint: Path, ls: FakeLabelStudio, model_dir: Path, **overrides: Any) -> Settings:
+    base: dict[str, Any] = dict(
+        checkpoint=str(checkpoint), label_studio_url=ls.url, label_studio_api_key=ls.legacy_token, model_dir=model_dir,
+        flip=False, target_size=96, max_size=128, torch_threads=1,
+        fit_every_n_samples=0, fit_steps=2, fit_batch_size=2, fit_lr=0.0, fit_crop=96, fit_eval_clicks=3)
+    base.update(overrides)
+    return Settings(**base)
+
+
+class Server:
+    """The backend on 127.0.0.1 with an OS-chosen port, in a thread; ``stop`` kills a job it started."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self.http = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.http.server_port}"
+        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
+        self.thread.start()
+        self.app.config["worker"].wait_ready(120)
+
+    def get(self, path: str) -> Any:
+        r = requests.get(self.url + path, timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def post(self, path: str, body: Any) -> requests.Response:
+        return requests.post(self.url + path, json=body, timeout=30)
+
+    def wait_job(self, job_id: int, until: Any = None, timeout: float = 180.0) -> dict[str, Any]:
+        """Poll ``/fit`` until job ``job_id`` is finished (or ``until(job)`` holds); returns the job."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.get("/fit")
+            jobs = [j for j in [status["current"], status["queued"], *status["history"]] if j]
+            job = next((j for j in jobs if j["id"] == job_id), None)
+            if job is not None and (until(job) if until else job["status"] in fit.FINISHED):
+                return job
+            if time.monotonic() > deadline:
+                pytest.fail(f"fit job {job_id} did not get there within {timeout:g} s: {job}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.app.config["fit"].shutdown(kill=True)
+        self.http.shutdown()
+
+
+def annotate(server: Server, task: int, annotation_id: int | None = None) -> requests.Response:
+    """ANNOTATION_CREATED for ``task`` exactly as Label Studio sends it (full rows, brush RLE of the disk)."""
+    _, disk = scene(task)
+    body = annotation_body([brush_result(disk, "Object", f"r{task}")], annotation_id=annotation_id or 1000 + task,
+                           task_id=task, project_id=PROJECT, data={"image": image_path(task)})
+    return server.post("/webhook", body)
+
+
+def start_training(server: Server) -> tuple[dict[str, Any], float]:
+    t0 = time.perf_counter()
+    r = server.post("/webhook", {"action": "START_TRAINING", "project": {"id": PROJECT, "title": "Disks"}})
+    elapsed = time.perf_counter() - t0
+    assert r.status_code == 200, r.text
+    return r.json(), elapsed
+
+
+def keypoint(x: float, y: float, positive: bool = True) -> dict[str, Any]:
+    return {"original_width": W, "original_height": H, "image_rotation": 0, "is_positive": positive,
+            "value": {"x": 100 * x / W, "y": 100 * y / H, "width": 0.5, "keypointlabels": ["Object"]},
+            "id": "k", "from_name": "tag2", "to_name": "image", "type": "keypointlabels"}
+
+
+def predict(server: Server, task: int, clicks: list[dict[str, Any]]) -> requests.Response:
+    config = (Path(__file__).resolve().parents[1] / "label_config.xml").read_text()
+    body = {"tasks": [{"id": task, "data": {"image": image_path(task)}}], "project": f"{PROJECT}.1700000000",
+            "label_config": config, "params": {"context": {"result": clicks}}}
+    r = server.post("/predict", body)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def store_snapshot(model_dir: Path) -> list[tuple]:
+    with TrainingStore(model_dir / "training", readonly=True) as store:
+        return [(vars(row), store.load_mask(row).tobytes()) for row in store.samples()]
+
+
+# -- over HTTP ------------------------------------------------------------------------------------------------------
+
+
+def test_start_training_promotes_a_version_served_without_restart(checkpoint, label_studio, tmp_path) -> None:
+    model_dir = tmp_path / "model"
+    server = Server(fit_settings(checkpoint, label_studio, model_dir))
+    try:
+        for task in TRAIN_TASKS + VAL_TASKS:
+            r = annotate(server, task)
+            assert r.status_code == 200 and r.json()["stored"] == 1 and r.json()["fit_job"] is None, r.text
+        with TrainingStore(model_dir / "training", readonly=True) as store:  # the masks Label Studio sent
+            rows = store.samples()
+            assert sorted(r.task_id for r in rows) == sorted(TRAIN_TASKS + VAL_TASKS)
+            for row in rows:
+                np.testing.assert_array_equal(store.load_mask(row), scene(row.task_id)[1])
+        status = server.get("/fit")
+        assert status["samples"] == {"train": 3, "val": 2, "total": 5, "new_since_last_job": 5}
+        assert status["current"] is None and status["serving_version"] == BASE and status["every_n_samples"] == 0
+
+        # A two-click session under the base version: click 2 resumes from click 1's stored feedback.
+        _, disk = scene(VAL_TASKS[0])
+        ys, xs = np.nonzero(disk)
+        clicks = [keypoint(xs.mean(), ys.mean()), keypoint(2, 2, positive=False)]
+        predict(server, VAL_TASKS[0], clicks[:1])
+        assert predict(server, VAL_TASKS[0], clicks).headers["X-Network-Passes"] == "1"
+
+        answer, elapsed = start_training(server)
+        assert answer["job"]["status"] == "queued" and answer["samples"] == 5
+        assert elapsed < 1.0, f"/webhook took {elapsed:.3f} s (Label Studio's webhook timeout is 1 s)"
+        job = server.wait_job(answer["job"]["id"])
+        assert job["status"] == "promoted", job
+        assert job["version"] == f"{BASE}-v1" and job["start_version"] == BASE
+        assert job["before"] == job["after"] and job["before"]["n"] == 2 and job["before"]["clicks"] == 3
+        assert job["samples"]["train"] == 3 and job["samples"]["val"] == 2 and job["wall_s"] > 0
+        assert "not worse" in job["reason"]
+
+        # Swapped into the running service between requests.
+        deadline = time.monotonic() + 30
+        while server.post("/setup", {"project": "5.1"}).json()["model_version"] != f"{BASE}-v1":
+            assert time.monotonic() < deadline, "the promoted version was not swapped in"
+            time.sleep(0.05)
+        assert server.get("/versions") == {"versions": [BASE, f"{BASE}-v1"]}
+        assert server.get("/fit")["serving_version"] == f"{BASE}-v1"
+        after = predict(server, VAL_TASKS[0], clicks)
+        assert after.json()["results"][0]["model_version"] == f"{BASE}-v1"
+        # The feedback stored under the base version is not reused: both clicks run on the new network.
+        assert after.headers["X-Network-Passes"] == "2"
+        predict(server, VAL_TASKS[0], clicks[:1])  # the new version's own feedback is used as usual
+        assert predict(server, VAL_TASKS[0], clicks).headers["X-Network-Passes"] == "1"
+
+        pointer = json.loads((model_dir / "current.json").read_text())
+        assert pointer["serving"] == f"{BASE}-v1" and pointer["base"] == BASE
+        assert load_checkpoint(model_dir / pointer["checkpoint"]).checkpoint_meta["model_version"] == f"{BASE}-v1"
+        assert not list(model_dir.rglob("*.tmp"))
+    finally:
+        server.stop()
+
+    # A restart serves the pointer's version, keeps the history, and the next job starts from v1.
+    server = Server(fit_settings(checkpoint, label_studio, model_dir))
+    try:
+        assert server.post("/setup", {}).json()["model_version"] == f"{BASE}-v1"
+        status = server.get("/fit")
+        assert status["current"]["id"] == job["id"] and status["current"]["status"] == "promoted"
+        answer, _ = start_training(server)
+        job2 = server.wait_job(answer["job"]["id"])
+        assert job2["status"] == "promoted" and job2["start_version"] == f"{BASE}-v1"
+        assert job2["version"] == f"{BASE}-v2"
+        assert server.get("/fit")["history"][0]["id"] == job["id"]
+        deadline = time.monotonic() + 30
+        while server.get("/versions")["versions"] != [BASE, f"{BASE}-v1", f"{BASE}-v2"] or \
+                server.post("/setup", {}).json()["model_version"] != f"{BASE}-v2":
+            assert time.monotonic() < deadline, server.get("/versions")
+            time.sleep(0.05)
+    finally:
+        server.stop()
+
+
+def test_a_worse_candidate_is_rejected_and_the_serving_version_kept(checkpoint, label_studio, tmp_path) -> None:
+    model_dir = tmp_path / "model"
+    server = Server(fit_settings(checkpoint, label_studio, model_dir, fit_lr=0.5))  # breaks the tiny network
+    try:
+        for task in TRAIN_TASKS + VAL_TASKS:
+            assert annotate(server, task).status_code == 200
+        answer, _ = start_training(server)
+        job = server.wait_job(answer["job"]["id"])
+        assert job["status"] == "rejected", job
+        assert job["after"]["miou"] < job["before"]["miou"] and "worse" in job["reason"]
+        assert job["after"]["noc90"] >= job["before"]["noc90"]
+        assert server.get("/versions") == {"versions": [BASE]}
+        assert server.post("/setup", {}).json()["model_version"] == BASE
+        assert not (model_dir / "current.json").exists() and not (model_dir / "versions").exists()
+        assert (model_dir / job["candidate"]).is_file()  # kept for inspection, never served
+    finally:
+        server.stop()
+
+
+def test_a_killed_job_changes_nothing_is_marked_failed_and_restarts(checkpoint, label_studio, tmp_path) -> None:
+    model_dir = tmp_path / "model"
+    server = Server(fit_settings(checkpoint, label_studio, model_dir, fit_steps=100_000, fit_lr=1e-4))
+    try:
+        for task in TRAIN_TASKS + VAL_TASKS:
+            assert annotate(server, task).status_code == 200
+        samples = store_snapshot(model_dir)
+        answer, _ = start_training(server)
+        running = server.wait_job(answer["job"]["id"], until=lambda j: j["status"] == "running" and (
+            j.get("progress") or {}).get("phase") == "training" and j["progress"]["step"] >= 1)
+        assert running["progress"]["total"] == 100_000 and running["pid"] > 0
+        os.kill(running["pid"], signal.SIGKILL)
+        job = server.wait_job(running["id"])
+        assert job["status"] == "failed" and job["interrupted"] and "SIGKILL" in job["error"], job
+        assert store_snapshot(model_dir) == samples
+        assert not (model_dir / "current.json").exists() and not (model_dir / "versions").exists()
+        assert server.get("/versions") == {"versions": [BASE]}
+        assert server.post("/setup", {}).json()["model_version"] == BASE
+        assert server.get("/fit")["current"]["id"] == job["id"]
+    finally:
+        server.stop()
+
+    # The next app start restarts the interrupted job (here with few steps, so it finishes).
+    server = Server(fit_settings(checkpoint, label_studio, model_dir))
+    try:
+        status = server.get("/fit")
+        retry = status["current"] if status["current"]["id"] != job["id"] else status["queued"]
+        assert retry is not None and retry["retry_of"] == job["id"] and retry["attempt"] == 2, status
+        retry = server.wait_job(retry["id"])
+        assert retry["status"] == "promoted", retry
+        assert store_snapshot(model_dir) == samples
+    finally:
+        server.stop()
+
+
+def test_every_n_new_samples_starts_a_job_and_bad_payloads_count_for_nothing(checkpoint, label_studio,
+                                                                             tmp_path) -> None:
+    model_dir = tmp_path / "model"
+    server = Server(fit_settings(checkpoint, label_studio, model_dir, fit_every_n_samples=3))
+    try:
+        tasks = TRAIN_TASKS[:2] + VAL_TASKS[:1] + TRAIN_TASKS[2:3]
+        assert annotate(server, tasks[0]).json()["fit_job"] is None
+        assert annotate(server, tasks[0]).json()["fit_job"] is None  # a repeated delivery is no new sample
+        for bad in ({"action": "ANNOTATION_CREATED", "annotation": {"id": "x"}},
+                    {"action": "ANNOTATION_CREATED", "annotation": {"id": 1, "result": []}, "task": {"id": 1}},
+                    {"action": "START_TRAINING"}, [1, 2]):
+            r = server.post("/webhook", bad)
+            assert r.status_code == 400 and r.json()["error"], r.text
+        assert server.get("/fit")["samples"]["total"] == 1
+        assert annotate(server, tasks[1]).json()["fit_job"] is None
+        assert server.get("/fit")["current"] is None
+        r = annotate(server, tasks[2])
+        assert r.json()["fit_job"]["status"] == "queued" and "FIT_EVERY_N_SAMPLES=3" in r.json()["fit_job"]["trigger"]
+        job = server.wait_job(r.json()["fit_job"]["id"])
+        assert job["status"] in ("promoted", "rejected") and job["before"] and job["after"]
+        assert server.get("/fit")["samples"]["new_since_last_job"] == 0
+        assert annotate(server, tasks[3]).json()["fit_job"] is None  # 1 new sample since that job
+    finally:
+        server.stop()
+
+
+def test_one_job_at_a_time_across_processes(checkpoint, label_studio, tmp_path) -> None:
+    model_dir = tmp_path / "model"
+    server = Server(fit_settings(checkpoint, label_studio, model_dir))
+    try:
+        for task in TRAIN_TASKS + VAL_TASKS:
+            assert annotate(server, task).status_code == 200
+        lock = fit.try_lock(model_dir / "fit" / "job.lock")  # as if another app process were running a job
+        assert lock is not None
+        try:
+            answer, _ = start_training(server)
+            again, _ = start_training(server)
+            assert again["job"]["id"] == answer["job"]["id"]  # triggers join the queued job
+            deadline = time.monotonic() + 1.0  # four watcher ticks
+            while time.monotonic() < deadline:
+                job = server.wait_job(answer["job"]["id"], until=lambda j: True)
+                assert job["status"] == "queued" and not job.get("pid")
+                time.sleep(0.1)
+        finally:
+            os.close(lock)
+        job = server.wait_job(answer["job"]["id"])
+        assert job["status"] == "promoted", job
+    finally:
+        server.stop()
+
+
+def test_too_little_data_is_rejected_with_a_reason(checkpoint, label_studio, tmp_path) -> None:
+    server = Server(fit_settings(checkpoint, label_studio, tmp_path / "model"))
+    try:
+        answer, _ = start_training(server)  # empty store: answered without starting a process
+        assert answer["job"]["status"] == "rejected"
+        assert server.get("/fit")["current"]["reason"] == "no stored samples to train on"
+        assert annotate(server, TRAIN_TASKS[0]).status_code == 200  # one task, no val split
+        answer, _ = start_training(server)
+        job = server.wait_job(answer["job"]["id"])
+        assert job["status"] == "rejected" and "at least two tasks" in job["reason"], job
+        assert server.get("/versions") == {"versions": [BASE]}
+    finally:
+        server.stop()
+
+
+# -- units ----------------------------------------------------------------------------------------------------------
+
+
+def test_decide_promotes_only_when_not_worse() -> None:
+    b = {"noc85": 4.0, "noc90": 6.0, "miou": 0.80}
+    assert fit.decide(b, {**b, "noc90": 5.5, "noc85": 4.5})[0]  # NoC@90 decides first
+    assert not fit.decide(b, {**b, "noc90": 6.5, "noc85": 3.0})[0]
+    assert fit.decide(b, {**b, "noc85": 3.5, "miou": 0.7})[0]  # tie on NoC@90: NoC@85
+    assert not fit.decide(b, {**b, "noc85": 4.5})[0]
+    assert not fit.decide(b, {**b, "miou": 0.79})[0]  # NoC saturated/tied: mean IoU
+    assert fit.decide(b, dict(b)) == (True, "not worse: NoC@90, NoC@85 and mIoU unchanged")
+
+
+def row(i: int, task: int, split: str = "train") -> SampleRow:
+    return SampleRow(i, 1, task, i, "r", "Object", "x.png", f"m{i}.png", 8, 8, 4, 0.0, 0.0, split, "")
+
+
+def test_held_out_samples_are_whole_tasks_chosen_deterministically() -> None:
+    rows = [row(i, task=i // 2) for i in range(20)]  # 10 tasks, 2 samples each
+    train, val, how = choose_samples(rows, 100, 100)
+    assert {r.task_id for r in val} == holdout_tasks(set(range(10))) and len({r.task_id for r in val}) == 2
+    assert not {r.task_id for r in train} & {r.task_id for r in val} and len(train) + len(val) == 20
+    assert choose_samples(list(reversed(rows)), 100, 100)[1] == [r for r in reversed(rows) if r in val]
+    assert "held out" in how
+    rows.append(row(99, task=50, split="val"))
+    train, val, how = choose_samples(rows, 5, 100)
+    assert val == [rows[-1]] and train == rows[15:20] and how == "the store's val split"  # the newest 5
+
+
+def test_settings_reach_the_job_process_unchanged(tmp_path) -> None:
+    s = Settings(model_dir=tmp_path, local_files_root=tmp_path / "files", label_studio_api_key="k", fit_steps=7,
+                 fit_lr=0.5, torch_threads=None, zoom_in=False)
+    assert fit.settings_from_json(fit.settings_to_json(s)) == s
+
+
+def test_next_version_never_reuses_a_number(tmp_path) -> None:
+    assert fit.next_version(tmp_path, "m-1") == "m-1-v1"
+    fit.atomic_write_json(tmp_path / "current.json", {"serving": "m-1-v2", "base": "m-1", "promoted": [
+        {"version": "m-1-v1", "base": "m-1"}, {"version": "m-1-v2", "base": "m-1"}, {"version": "x-v9", "base": "x"}]})
+    assert fit.next_version(tmp_path, "m-1") == "m-1-v3"
+    (tmp_path / "versions").mkdir()
+    (tmp_path / "versions" / "m-1-v5.pth").write_bytes(b"")  # left by a job killed before its commit
+    assert fit.next_version(tmp_path, "m-1") == "m-1-v6"
+    assert fit.next_version(tmp_path, "other") == "other-v1"
