@@ -39,6 +39,7 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -129,18 +130,9 @@ def save_checkpoint_atomic(net: torch.nn.Module, path: Path, meta: dict[str, Any
     payload = {"config": model_config(net),
                "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
                "meta": meta}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    fsync_dir(path.parent)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
