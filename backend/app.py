@@ -58,7 +58,8 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
     fit.start(worker)
     images = image_loader(settings)
     store = make_feedback_store(settings)  # Redis when REDIS_URL is set, else in-process
-    service = PredictService(worker, images, store, settings.max_clicks, settings.request_timeout)
+    service = PredictService(worker, images, store, settings.max_clicks, settings.request_timeout,
+                             hot_bytes=settings.feedback_hot_mb << 20)
 
     app = Flask(__name__)
     app.config["settings"] = settings

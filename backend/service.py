@@ -14,12 +14,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from model import PredictorState
-
 from .errors import ServiceError
 from .feedback import FeedbackStore, prefix_keys
 from .parse import ClickJob, click_job, parse_predict
 from .rle import encode_mask
+from .state_cache import StateCache
 from .worker import InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -41,13 +40,18 @@ class Timings:
 
 
 class PredictService:
-    """Answers ``/predict`` bodies. ``images`` has ``load(url, task_id=, project_id=) -> (rgb, key)``."""
+    """Answers ``/predict`` bodies. ``images`` has ``load(url, task_id=, project_id=) -> (rgb, key)``.
+
+    ``store`` holds serialized feedback states; ``hot_bytes`` of recent decoded states stay in process in front
+    of it, and writes to it happen after the answer (see :class:`backend.state_cache.StateCache`).
+    """
 
     def __init__(self, worker: InferenceWorker, images: Any, store: FeedbackStore, max_clicks: int = 200,
-                 timeout: float = 60.0, threshold: float = 0.49) -> None:
+                 timeout: float = 60.0, threshold: float = 0.49, hot_bytes: int = 128 << 20) -> None:
         self.worker = worker
         self.images = images
         self.store = store
+        self.states = StateCache(store, hot_bytes)
         self.max_clicks = max_clicks
         self.timeout = timeout
         self.threshold = threshold
@@ -81,12 +85,9 @@ class PredictService:
         # The newest click always runs: a stored state holds the quantized feedback, not the exact map
         # the answer is thresholded from, so an answer from it could differ from a replay's by a few pixels.
         for k in range(len(keys) - 1, 0, -1):
-            blob = self.store.get(keys[k - 1])
-            if blob is not None:
-                try:
-                    state, start = PredictorState.from_bytes(blob), k
-                except ValueError:
-                    log.warning("dropping an unreadable stored feedback state")
+            state = self.states.get(keys[k - 1])
+            if state is not None:
+                start = k
                 break
         t = timings.add("feedback", t)
 
@@ -109,7 +110,7 @@ class PredictService:
         rle = encode_mask(mask)
         t = timings.add("encode", t)
 
-        self.store.put(keys[-1], out.state.to_bytes())
+        self.states.save(keys[-1], out.state)  # serialized and stored after the answer leaves
         timings.add("store", t)
         log.info("task %s label %r: %d clicks, %d network passes (resumed after %d), score %.3f",
                  job.task_id, job.label, len(clicks), out.passes, start, score)

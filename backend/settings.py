@@ -14,6 +14,7 @@
 | ``MAX_IMAGE_BYTES`` | ``100000000`` | larger downloads are refused (413) |
 | ``IMAGE_CACHE_ITEMS`` | ``16`` | decoded images kept (LRU) |
 | ``FEEDBACK_CACHE_MB`` | ``256`` | memory for stored feedback states (LRU) |
+| ``FEEDBACK_HOT_MB`` | ``128`` | memory for recent states kept decoded in process (skips decompression) |
 | ``REDIS_URL`` | unset (in-process store) | e.g. ``redis://redis:6379/0``: feedback states in Redis, for replicas |
 | ``REDIS_PREFIX`` | ``fcfi:`` | namespace of this service's Redis keys |
 | ``FEEDBACK_TTL_S`` | ``3600`` | seconds a feedback state lives in Redis after its click |
@@ -84,6 +85,7 @@ class Settings:
     max_image_bytes: int = 100_000_000
     image_cache_items: int = 16
     feedback_cache_mb: int = 256
+    feedback_hot_mb: int = 128
     redis_url: str | None = None
     redis_prefix: str = "fcfi:"
     feedback_ttl_s: int = 3600
@@ -129,6 +131,7 @@ class Settings:
             max_image_bytes=_int("MAX_IMAGE_BYTES", 100_000_000),
             image_cache_items=_int("IMAGE_CACHE_ITEMS", 16),
             feedback_cache_mb=_int("FEEDBACK_CACHE_MB", 256),
+            feedback_hot_mb=_int("FEEDBACK_HOT_MB", 128),
             redis_url=_str("REDIS_URL"),
             redis_prefix=os.environ.get("REDIS_PREFIX", "fcfi:"),
             feedback_ttl_s=_int("FEEDBACK_TTL_S", 3600),

@@ -224,7 +224,10 @@ def replicas(checkpoint: Path, label_studio: FakeLabelStudio, redis_server: Redi
     base.update(CHECKPOINT=str(checkpoint), LABEL_STUDIO_URL=label_studio.url,
                 LABEL_STUDIO_API_KEY=label_studio.legacy_token, MAX_IMAGE_PIXELS="4000000", FLIP="false",
                 TARGET_SIZE="160", MAX_SIZE="200", TORCH_THREADS="1", OMP_NUM_THREADS="1", REDIS_URL=redis_server.url,
-                FEEDBACK_TTL_S="600", LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+                FEEDBACK_TTL_S="600", LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
+                # No decoded states in process memory: every state goes through Redis, which is what these tests
+                # are about (that layer is tested in test_state_cache and test_backend).
+                FEEDBACK_HOT_MB="0")
     started = [Backend(name, tmp, {**base, "MODEL_DIR": str(tmp / f"model-{name}")}) for name in ("A", "B")]
     try:
         for b in started:
@@ -254,6 +257,14 @@ def reference(checkpoint: Path, label_studio: FakeLabelStudio) -> list[np.ndarra
         server.stop()
 
 
+def wait_stored(redis_server: RedisServer, n: int, timeout: float = 5.0) -> None:
+    """States are written to Redis just after the answer (off the request path): wait for ``n`` of them."""
+    deadline = time.monotonic() + timeout
+    while len(redis_server.client().keys("fcfi:fb:*")) < n:
+        assert time.monotonic() < deadline, f"fewer than {n} feedback states in Redis after {timeout:g} s"
+        time.sleep(0.01)
+
+
 def click(replica: Backend, n: int, reference: list[np.ndarray]) -> int:
     """Send clicks 1..n to ``replica``; check the mask against the single-process run; return the network passes."""
     r = requests.post(replica.url + "/predict", json=body(CLICKS[:n]), timeout=120)
@@ -267,10 +278,13 @@ def test_replicas_share_feedback_through_redis(replicas: tuple[Backend, Backend]
     a, b = replicas
     redis_server.client().flushall()
     assert click(a, 1, reference) == 1
+    wait_stored(redis_server, 1)
     assert click(b, 2, reference) == 1  # B resumed from the state A stored after click 1
+    wait_stored(redis_server, 2)
     assert click(a, 3, reference) == 1  # and A from B's
-    stored = redis_server.client().keys("fcfi:fb:*")
-    assert len(stored) == 3
+    wait_stored(redis_server, 3)
+    time.sleep(0.2)
+    assert len(redis_server.client().keys("fcfi:fb:*")) == 3  # one state per click, nothing else
 
 
 def test_redis_outage_mid_session_replays_then_recovers(replicas: tuple[Backend, Backend], redis_server: RedisServer,
@@ -278,6 +292,7 @@ def test_redis_outage_mid_session_replays_then_recovers(replicas: tuple[Backend,
     a, b = replicas
     redis_server.client().flushall()
     assert click(a, 1, reference) == 1
+    wait_stored(redis_server, 1)
     assert click(b, 2, reference) == 1
 
     redis_server.stop()
@@ -292,6 +307,7 @@ def test_redis_outage_mid_session_replays_then_recovers(replicas: tuple[Backend,
         redis_server.start()  # same port, empty (no persistence)
     time.sleep(1.5)  # past the store's retry interval (1 s): the next click probes Redis again
     assert click(a, 4, reference) == 4  # Redis is back but empty: replay, and the state is stored again
+    wait_stored(redis_server, 1)
     assert click(b, 5, reference) == 1  # B reads A's state: sharing works again
     for replica in (a, b):
         log = replica.log()
