@@ -36,7 +36,6 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +43,10 @@ import redis
 import requests
 from PIL import Image
 
+from benchmarks.stand_in import TOKEN, predict_payload, serve_files
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = ROOT / "model" / "weights" / "lite0_fcfi.pth"
-TOKEN = "0123456789abcdef0123456789abcdef01234567"
-CONFIG = (ROOT / "label_config.xml").read_text()
 
 
 def free_port() -> int:
@@ -84,41 +83,6 @@ def session_clicks(obj: np.ndarray, n: int, seed: int) -> list[tuple[float, floa
             j = rng.integers(ys.size)
             out.append((float(xs[j]), float(ys[j]), True))
     return out
-
-
-def serve_files(files: dict[str, bytes]) -> ThreadingHTTPServer:
-    """Label Studio's upload route, token-protected, on a loopback port."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            data = files.get(self.path)
-            if self.headers.get("Authorization") != f"Token {TOKEN}" or data is None:
-                self.send_response(401 if data is not None else 404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def payload(task_id: int, image: str, w: int, h: int, clicks: list[tuple[float, float, bool]]) -> dict:
-    points = [{"original_width": w, "original_height": h, "image_rotation": 0,
-               "value": {"x": 100 * x / w, "y": 100 * y / h, "keypointlabels": ["Object"]},
-               "is_positive": p, "from_name": "tag2", "to_name": "image", "type": "keypointlabels"}
-              for x, y, p in clicks]
-    return {"tasks": [{"id": task_id, "data": {"image": image}}], "project": "1.0", "label_config": CONFIG,
-            "params": {"context": {"result": points}}}
 
 
 class Procs:
@@ -227,7 +191,7 @@ def run_config(urls: list[str], annotators: int, sessions: int, images: list[tup
                     url = urls[next(counter) % len(urls)]
                 t0 = time.perf_counter()
                 try:
-                    r = http.post(url + "/predict", json=payload(task_id, path, w, h, seq[:n]), timeout=600)
+                    r = http.post(url + "/predict", json=predict_payload(task_id, path, w, h, seq[:n]), timeout=600)
                     ms = (time.perf_counter() - t0) * 1000
                     ok = r.status_code == 200 and len(r.json()["results"][0]["result"]) == 1
                     error = None if ok else f"{url}: HTTP {r.status_code} {r.text[:200]}"
@@ -301,7 +265,7 @@ def main() -> None:
             env = {**base_env, "TORCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
             urls, started = start_replicas(procs, n_replicas, env, args.server, args.http_threads)
             for url in urls:  # first pass of each process (allocations, lazy init) outside the measurement
-                r = requests.post(url + "/predict", json=payload(1, warmup[0], w, h,
+                r = requests.post(url + "/predict", json=predict_payload(1, warmup[0], w, h,
                                                                  session_clicks(warmup[1], 1, 0)), timeout=600)
                 r.raise_for_status()
             for ai, n_annotators in enumerate(annotator_counts):

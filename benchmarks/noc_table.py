@@ -9,7 +9,8 @@ lacks one of those samples gets no figures for that dataset rather than figures 
         "FCFI lite0=benchmarks/results/lite0_fcfi.json,benchmarks/results/lite0_fcfi_davis5.json" \\
         "GrabCut baseline=benchmarks/results/baselines_grabcut.json"
 
-Prints the markdown table, then one JSON line with the figures.
+Prints the markdown table, then one JSON line with the figures; ``--plot OUT.png`` draws the mIoU-versus-clicks
+curves of the same samples.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from model.metrics import nof
+from model.plot_curves import plot_miou_curves
 
 
 def load_method(spec: str) -> tuple[str, dict[str, Any]]:
@@ -91,12 +93,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--datasets", nargs="+", default=["GrabCut", "Berkeley", "DAVIS"])
     ap.add_argument("--subset-of", nargs="+", metavar="REF.json",
                     help="score every method on the samples these results evaluated (per dataset)")
+    ap.add_argument("--plot", metavar="OUT.png", help="mIoU-versus-clicks curves on the same samples")
+    ap.add_argument("--title", default=None, help="title of --plot")
     args = ap.parse_args(argv)
     methods = [load_method(m) for m in args.methods]
     reference = load_method("ref=" + ",".join(args.subset_of))[1] if args.subset_of else None
     rows = table(methods, args.datasets, reference)
     print(markdown(rows, args.datasets))
     print(json.dumps({"datasets": args.datasets, "rows": rows}))
+    if args.plot:
+        curves = [{ds: {"miou": sc["miou"]} for ds, sc in row.items() if sc} for row in rows.values()]
+        plot_miou_curves(curves, args.plot, list(rows), args.title)
 
 
 if __name__ == "__main__":

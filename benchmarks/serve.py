@@ -6,6 +6,8 @@ as Label Studio sends them) and prints one JSON line:
 
 * per stage (image, feedback, network, encode, store, http) the median and p95 milliseconds, from the
   ``Server-Timing`` header; ``http`` is the client-measured time minus the server's total;
+* ``store_after_answer_ms``: the mean time the background writer spent compressing and storing each click's
+  state, after the answer had left (the ``store`` stage is only the hand-over);
 * ``non_network_share``: the part of the median click that is not the network pass (aim < 10%);
 * ``rle_speedup``: our brush-RLE encoder against ``label_studio_sdk.converter.brush.mask2rle`` on the
   masks of the session (aim >= 10x), checked byte-for-byte in the same run.
@@ -23,7 +25,6 @@ import statistics
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,9 @@ from werkzeug.serving import make_server
 from backend.app import create_app
 from backend.rle import decode_rle, encode_mask
 from backend.settings import Settings
+from benchmarks.stand_in import TOKEN, predict_payload, serve_files
 from model import build_model, default_checkpoint_path, save_checkpoint
 
-TOKEN = "0123456789abcdef0123456789abcdef01234567"
 W, H = 1155, 866  # 1.0 megapixel
 
 
@@ -50,27 +51,6 @@ def make_image() -> tuple[bytes, np.ndarray]:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
     return buf.getvalue(), obj
-
-
-def serve_file(data: bytes) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            if self.headers.get("Authorization") != f"Token {TOKEN}":
-                self.send_response(401)
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def session_clicks(obj: np.ndarray, n: int) -> list[tuple[float, float, bool]]:
@@ -110,7 +90,7 @@ def main() -> None:
             torch.manual_seed(0)
             checkpoint, weights = str(save_checkpoint(build_model("lite0").eval(), tmp / "random.pth")), "random"
     data, obj = make_image()
-    files = serve_file(data)
+    files = serve_files({"/data/upload/1/bench.jpg": data})
     ls_url = f"http://127.0.0.1:{files.server_port}"
     settings = Settings(checkpoint=checkpoint, label_studio_url=ls_url, label_studio_api_key=TOKEN,
                         torch_threads=args.threads, log_level="WARNING")
@@ -119,19 +99,13 @@ def main() -> None:
     threading.Thread(target=http.serve_forever, daemon=True).start()
     app.config["worker"].wait_ready(300)
     url = f"http://127.0.0.1:{http.server_port}/predict"
-    config = (Path(__file__).resolve().parents[1] / "label_config.xml").read_text()
 
     clicks = session_clicks(obj, args.clicks)
     parts: dict[str, list[float]] = {}
     totals, masks, passes = [], [], []
     session = requests.Session()
     for k in range(1, len(clicks) + 1):
-        points = [{"original_width": W, "original_height": H, "image_rotation": 0,
-                   "value": {"x": 100 * x / W, "y": 100 * y / H, "keypointlabels": ["Object"]},
-                   "is_positive": p, "from_name": "tag2", "to_name": "image", "type": "keypointlabels"}
-                  for x, y, p in clicks[:k]]
-        payload = {"tasks": [{"id": 1, "data": {"image": "/data/upload/1/bench.jpg"}}], "project": "1.0",
-                   "label_config": config, "params": {"context": {"result": points}}}
+        payload = predict_payload(1, "/data/upload/1/bench.jpg", W, H, clicks[:k])
         t0 = time.perf_counter()
         r = session.post(url, json=payload, timeout=300)
         client_ms = (time.perf_counter() - t0) * 1000
@@ -164,6 +138,8 @@ def main() -> None:
     med_total = statistics.median(totals)
     med_network = statistics.median(parts["network"])
     stages = ["image", "feedback", "network", "encode", "store", "http"]
+    states = app.config["service"].states
+    states.flush()
     print(json.dumps({
         "image": [H, W], "clicks": len(clicks), "weights": weights, "threads": args.threads,
         "cpu_count": os.cpu_count(), "torch": torch.__version__,
@@ -171,6 +147,7 @@ def main() -> None:
         "click_ms": {"median": round(med_total, 1), "p95": round(pct(totals, 95), 1)},
         "stages_ms": {s: {"median": round(statistics.median(parts[s]), 1), "p95": round(pct(parts[s], 95), 1)}
                       for s in stages if s in parts},
+        "store_after_answer_ms": round(states.write_ms / max(states.written, 1), 1),
         "non_network_share": round(1 - med_network / med_total, 4),
         "non_network_share_after_first": round(
             1 - statistics.median(parts["network"][1:]) / statistics.median(totals[1:]), 4),

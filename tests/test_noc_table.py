@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.noc_table import load_method, markdown, table
+from benchmarks.noc_table import load_method, main, markdown, table
 from model.metrics import noc
 
 
@@ -32,3 +32,13 @@ def test_subset_by_name_merge_and_missing(tmp_path: Path) -> None:
     assert rows["sub"]["D"] is None and rows["full"]["D"]["n"] == 3
     text = markdown(rows, ["D"])
     assert "| sub | – | – | – |" in text and "| full | 2.00 |" in text
+
+
+def test_command_line_prints_table_and_plots_same_samples(tmp_path: Path, capsys) -> None:
+    a = result(tmp_path / "a.json", "D", {"s1": [0.5, 0.9, 0.95], "s2": [0.86, 0.9, 0.9]})
+    b = result(tmp_path / "b.json", "D", {"s2": [0.1, 0.2, 0.95]})
+    main([f"A={a}", f"B={b}", "--datasets", "D", "--subset-of", str(b), "--plot", str(tmp_path / "c.png")])
+    out = capsys.readouterr().out.splitlines()
+    assert "| A | 1.00 | 2.00 | 0 |" in out and "| B | 3.00 | 3.00 | 1 |" in out
+    assert json.loads(out[-1])["rows"]["A"]["D"]["n"] == 1
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
