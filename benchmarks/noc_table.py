@@ -5,7 +5,7 @@ one run, DAVIS from another). With ``--subset-of REF.json`` every method is scor
 that REF evaluated for that dataset, so runs made with ``--every`` and full runs share one table; a method that
 lacks one of those samples gets no figures for that dataset rather than figures on other samples.
 
-    python -m benchmarks.noc_table --datasets GrabCut Berkeley DAVIS \\
+    python -m benchmarks.noc_table --datasets GrabCut,Berkeley,DAVIS \\
         "FCFI lite0=benchmarks/results/lite0_fcfi.json,benchmarks/results/lite0_fcfi_davis5.json" \\
         "GrabCut baseline=benchmarks/results/baselines_grabcut.json"
 
@@ -90,17 +90,18 @@ def markdown(rows: dict[str, dict[str, Any]], datasets: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("methods", nargs="+", help="LABEL=RESULT.json[,MORE.json]")
-    ap.add_argument("--datasets", nargs="+", default=["GrabCut", "Berkeley", "DAVIS"])
-    ap.add_argument("--subset-of", nargs="+", metavar="REF.json",
-                    help="score every method on the samples these results evaluated (per dataset)")
+    ap.add_argument("--datasets", default="GrabCut,Berkeley,DAVIS", help="comma-separated")
+    ap.add_argument("--subset-of", action="append", metavar="REF.json",
+                    help="score every method on the samples this result evaluated (per dataset; repeatable)")
     ap.add_argument("--plot", metavar="OUT.png", help="mIoU-versus-clicks curves on the same samples")
     ap.add_argument("--title", default=None, help="title of --plot")
     args = ap.parse_args(argv)
     methods = [load_method(m) for m in args.methods]
     reference = load_method("ref=" + ",".join(args.subset_of))[1] if args.subset_of else None
-    rows = table(methods, args.datasets, reference)
-    print(markdown(rows, args.datasets))
-    print(json.dumps({"datasets": args.datasets, "rows": rows}))
+    datasets = args.datasets.split(",")
+    rows = table(methods, datasets, reference)
+    print(markdown(rows, datasets))
+    print(json.dumps({"datasets": datasets, "rows": rows}))
     if args.plot:
         curves = [{ds: {"miou": sc["miou"]} for ds, sc in row.items() if sc} for row in rows.values()]
         plot_miou_curves(curves, args.plot, list(rows), args.title)
