@@ -21,6 +21,8 @@ from model import Click
 
 
 class FeedbackStore(Protocol):
+    shared: bool  # other processes read what this one writes (written before answering, see StateCache)
+
     def get(self, key: str) -> bytes | None: ...
 
     def put(self, key: str, value: bytes) -> None: ...
@@ -39,6 +41,8 @@ def prefix_keys(scope: tuple, clicks: list[Click]) -> list[str]:
 
 class MemoryFeedbackStore:
     """Thread-safe LRU of serialized states, bounded by total bytes."""
+
+    shared = False
 
     def __init__(self, max_bytes: int = 256 << 20) -> None:
         self.max_bytes = max_bytes

@@ -47,6 +47,8 @@ class RedisFeedbackStore:
     ``ttl_s`` <= 0 keeps states until Redis evicts them (configure ``maxmemory-policy allkeys-lru`` then).
     """
 
+    shared = True  # every replica reads it: states are written before the answer leaves
+
     def __init__(self, url: str, ttl_s: int = 3600, prefix: str = "fcfi:", timeout_s: float = 0.3,
                  retry_after_s: float = 1.0, log_every_s: float = 60.0) -> None:
         self.url = redact_url(url)

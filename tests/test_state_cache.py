@@ -118,3 +118,15 @@ def test_unreadable_blob_is_a_miss() -> None:
     store = MemoryFeedbackStore()
     store.put("fb:bad", b"not a state")
     assert StateCache(store).get("fb:bad") is None
+
+
+def test_a_shared_store_is_written_before_save_returns() -> None:
+    class SharedStore(MemoryFeedbackStore):
+        shared = True
+
+    store = SharedStore()
+    cache = StateCache(store)
+    s = state(seed=5)
+    cache.save("fb:s", s)  # no flush: another replica may ask for it the moment the answer is out
+    assert store.get("fb:s") == s.to_bytes() and cache.written == 1
+    assert cache.get("fb:s") is s
