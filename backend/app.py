@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from .errors import BadRequest, ServiceError
 from .fit import FitManager, checkpoint_version, image_loader, load_serving, predictor_options, summary
+from .fit_queue import make_fit_queue
 from .images import ImageError
 from .redis_feedback import make_feedback_store
 from .service import PredictService
@@ -51,7 +52,9 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
     settings = settings or Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     training = TrainingStore(Path(settings.model_dir) / "training")
-    fit = FitManager(settings, training)  # fine-tuning jobs; its loader serves the promoted version
+    # Fine-tuning jobs (its loader serves the promoted version): child processes of this app, or with REDIS_URL
+    # queued in Redis for `python -m backend.fit_worker`.
+    fit = FitManager(settings, training, queue=make_fit_queue(settings))
     if worker is None:
         worker = InferenceWorker(fit.loader, predictor_options(settings), settings.device, settings.queue_size,
                                  settings.torch_threads).start()
@@ -125,7 +128,7 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
             log.info("webhook ANNOTATIONS_DELETED %s: %d samples removed", event.annotation_ids, removed)
             return jsonify(status="ok", action="ANNOTATIONS_DELETED", removed=removed)
         if isinstance(event, TrainEvent):
-            job = fit.request("START_TRAINING", project_id=event.project_id)  # queued; a child process trains
+            job = fit.request("START_TRAINING", project_id=event.project_id)  # queued; trained in another process
             log.info("webhook START_TRAINING for project %s: %d samples stored, fit job %s %s", event.project_id,
                      training.count(), job["id"], job["status"])
             return jsonify(status="ok", action="START_TRAINING", samples=training.count(), job=summary(job))

@@ -2,8 +2,9 @@
 
 A *job* fine-tunes the serving network on the samples of the training store (:mod:`backend.training_store`),
 measures NoC@85/90 on held-out samples before and after, and promotes the result only if it is not worse.
-The job runs in its own process (``python -m backend.fit_job``, :mod:`backend.fit_job`); this module holds what
-the app and the job share and the :class:`FitManager` living in the app.
+The job runs in its own process (``python -m backend.fit_job``, :mod:`backend.fit_job`), or, with ``REDIS_URL``
+set, in ``python -m backend.fit_worker`` through an RQ queue (:mod:`backend.fit_queue`); this module holds what the
+app and the job share and the :class:`FitManager` living in the app.
 
 Layout under ``MODEL_DIR``::
 
@@ -30,6 +31,12 @@ and then the pointer (each temp file + fsync + ``os.replace``), so a killed job 
 serving model as they were. A job whose process died is marked ``failed`` with ``interrupted: true`` (the lock
 tells: a process that finished cleanly wrote its final status before releasing it), and the next app start
 queues it again (at most :data:`MAX_ATTEMPTS` attempts).
+
+With ``REDIS_URL`` (scale-out): the manager of every replica enqueues the ``queued`` job to RQ (once, under the state
+lock; again when Redis lost it), never spawns one, and marks it ``failed`` when RQ ended it without running it (its
+work horse died before taking the job lock). A job whose worker died while ``running`` is found by the job lock as
+above. Promoted versions reach every replica through the serving version published in Redis (polled every
+:data:`REDIS_POLL_S`); while Redis is unreachable or has nothing published, the pointer file is watched instead.
 """
 
 from __future__ import annotations
@@ -56,10 +63,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
 import torch
+from rq.job import JobStatus
 
 from model import default_checkpoint_path, load_checkpoint
 
+from .fit_queue import WAITING, FitQueue
 from .images import ImageLoader
 from .ls_auth import LabelStudioAuth
 from .settings import Settings
@@ -76,6 +86,7 @@ REJECTED = "rejected.pth"
 MAX_JOBS = 100  # jobs kept in fit/state.json (older finished ones are dropped)
 MAX_ATTEMPTS = 3  # an interrupted job is queued again on app start until it has run this often
 POLL_S = 0.25  # how often the manager looks at the job, the lock and the pointer
+REDIS_POLL_S = 1.0  # with REDIS_URL: how often the manager asks Redis (queued job, published serving version)
 FINISHED = ("promoted", "rejected", "failed")
 STALE_TMP_S = 600.0  # temp files older than this were left by a killed writer (writes take about a second)
 SETTINGS_ENV = "FIT_SETTINGS_JSON"  # the app's Settings, for the job process
@@ -417,21 +428,28 @@ class FitManager:
         settings: the service settings (``MODEL_DIR``, ``FIT_*``, and everything the job needs to load images).
         training: the app's training store (sample counts and the N-samples trigger).
         spawn: start jobs from this process (off: only watch, e.g. for tools reading the state).
+        queue: with ``REDIS_URL``: jobs go to this RQ queue (``python -m backend.fit_worker`` runs them) instead of a
+            child process, and promoted versions are followed through the serving version published in Redis.
     """
 
-    def __init__(self, settings: Settings, training: Any, spawn: bool = True) -> None:
+    def __init__(self, settings: Settings, training: Any, spawn: bool = True, queue: FitQueue | None = None) -> None:
         self.settings = settings
         self.training = training
         self.model_dir = Path(settings.model_dir)
         self.state = FitState(self.model_dir)
         self.fit_dir = self.model_dir / FIT_DIR
-        self.spawn = spawn
+        self.queue = queue
+        self.spawn = spawn and queue is None  # queued jobs run in the fit worker
         self.worker: Any = None
         self.base_version: str | None = None
         self._proc: subprocess.Popen | None = None
         self._proc_job: int | None = None
         self._seen: dict[int, tuple] = {}
         self._pointer_mtime: float | None = None
+        self._queue_check_at = 0.0  # monotonic time of the next look at the queued job in Redis
+        self._published_at = 0.0  # ... and at the published serving version
+        self._published_seen: bytes | None = None  # the published record last acted on
+        self._published_ok = False  # the last look found one (else the pointer file is watched)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fit-manager", daemon=True)
@@ -485,6 +503,7 @@ class FitManager:
                 job.update(status="rejected", reason="no stored samples to train on", finished_at=now())
             state["jobs"].append(job)
         log.info("%s (trigger %s%s)", describe(job), trigger, f", project {project_id}" if project_id else "")
+        self._queue_check_at = 0.0  # enqueue it now (off the request path: the manager thread talks to Redis)
         self._wake.set()
         return dict(job)
 
@@ -518,6 +537,7 @@ class FitManager:
             "current": current,
             "queued": queued if queued is not current else None,
             "history": [j for j in jobs if j is not current and j is not queued],
+            "runner": self.queue.info() if self.queue is not None else {"kind": "process"},
         }
 
     def versions(self) -> list[str]:
@@ -545,6 +565,11 @@ class FitManager:
             self._check_orphans()
             if self.spawn:
                 self._maybe_start()
+        if self.queue is not None:
+            try:
+                self._sync_queue()
+            except redis.RedisError:  # FitQueue logged it; the job waits in the state until Redis is back
+                pass
         self._log_transitions()
         self._maybe_swap()
 
@@ -628,17 +653,21 @@ class FitManager:
     def _mark_dead(self, state: dict[str, Any]) -> None:
         for job in state["jobs"]:
             if job["status"] == "running":
-                self._finish_dead(job, "interrupted: the job process is gone (killed, or its app stopped)",
-                                  interrupted=True, tail=self._log_tail(job))
+                self._finish_dead(job, "interrupted: the job process is gone (killed, or its app or fit worker "
+                                       "stopped)", interrupted=True, tail=self._log_tail(job))
 
     def _finish_dead(self, job: dict[str, Any], how: str, interrupted: bool, tail: str) -> None:
         # The pointer is the commit point of a promotion: a job killed after writing it did promote.
-        entry = next((e for e in (read_pointer(self.model_dir) or {}).get("promoted", [])
+        pointer = read_pointer(self.model_dir) or {}
+        entry = next((e for e in pointer.get("promoted", [])
                       if isinstance(e, dict) and e.get("job_id") == job["id"]), None)
         if entry is not None:
             job.update(status="promoted", version=entry["version"], before=entry.get("before"),
                        after=entry.get("after"), reason="promoted (the job process died after committing)",
                        finished_at=now())
+            if self.queue is not None:  # the worker died before publishing it: publish it for the other replicas
+                with contextlib.suppress(redis.RedisError):
+                    self.queue.publish_serving(pointer)
             return
         job.update(status="failed", error=how + (f"; last log line: {tail}" if tail else ""),
                    interrupted=interrupted, finished_at=now())
@@ -677,10 +706,54 @@ class FitManager:
                                retry_of=last["id"], attempt=attempt + 1)
             log.info("fit job %s restarts interrupted job %s", job["id"], last["id"])
 
+    def _sync_queue(self) -> None:
+        """With ``REDIS_URL``: get the queued job into RQ, and fail it when RQ ended it without running it.
+
+        Looks at most every :data:`REDIS_POLL_S` (at once after a trigger). Decisions are taken under the state lock
+        with the job re-read, so replicas never enqueue one job twice and a job that started meanwhile is left alone.
+        """
+        assert self.queue is not None
+        t = time.monotonic()
+        if t < self._queue_check_at:
+            return
+        self._queue_check_at = t + REDIS_POLL_S
+        queued = next((j for j in self.state.read()["jobs"] if j["status"] == "queued"), None)
+        if queued is None:
+            return
+        status, detail = (None, "")
+        if queued.get("rq_job"):
+            status, detail = self.queue.job_status(queued["rq_job"])
+            if status in WAITING:  # waiting for a worker, or a work horse waiting for the job lock
+                return
+        with self.state.edit() as state:
+            job = self.state.job(state, queued["id"])
+            if job is None or job["status"] != "queued" or job.get("rq_job") != queued.get("rq_job"):
+                return  # started, finished or enqueued by another replica meanwhile
+            if status is None:  # never enqueued, or Redis lost it (restarted without persistence)
+                again = bool(job.get("rq_job"))
+                job.update(rq_job=self.queue.enqueue(job["id"], self.base_version), queue=self.queue.name)
+                log.info("fit job %s %s RQ queue %r as %s", job["id"], "enqueued again in" if again else "sent to",
+                         self.queue.name, job["rq_job"])
+                return
+            if status == JobStatus.FINISHED:  # run_queued skipped it: e.g. the worker has another MODEL_DIR
+                job.update(status="failed", finished_at=now(),
+                           error=f"the fit worker finished RQ job {job['rq_job']} without running the job (does it "
+                                 f"share this app's MODEL_DIR?)" + (f": {detail}" if detail else ""))
+                return
+            job.update(status="failed", finished_at=now(), interrupted=True,
+                       error=f"the fit worker ended RQ job {job['rq_job']} as {status.value} before it started the "
+                             f"job (its work horse died?)" + (f": {detail}" if detail else ""))
+
     def _maybe_swap(self) -> None:
-        """Install the pointer's version in the worker when it changed (a job of any process promoted one)."""
+        """Install the pointer's version in the worker when it changed (a job of any process promoted one).
+
+        With ``REDIS_URL`` a change is noticed through the published serving version; while Redis is unreachable or
+        has none, through the pointer file's mtime.
+        """
         worker = self.worker
         if worker is None or not worker.ready or self.base_version is None:
+            return
+        if self.queue is not None and self._follow_published():
             return
         try:
             mtime = (self.model_dir / POINTER).stat().st_mtime
@@ -688,16 +761,61 @@ class FitManager:
             return
         if mtime == self._pointer_mtime:
             return
+        if self._install_pointer("swapped in without restart"):
+            self._pointer_mtime = mtime
+
+    def _follow_published(self) -> bool:
+        """Poll the serving version published in Redis; on a change install the pointer's version.
+
+        Returns False when Redis is unreachable or nothing is published (the caller watches the pointer file).
+        The pointer file stays the truth: the published record only says when to read it, so a stale record can
+        never take a replica back to an older version.
+        """
+        assert self.queue is not None
+        t = time.monotonic()
+        if t < self._published_at:
+            return self._published_ok
+        self._published_at = t + REDIS_POLL_S
+        try:
+            record = self.queue.read_serving()
+            if record is None:  # first start, or Redis restarted empty
+                self._publish_if_absent()
+        except redis.RedisError:  # FitQueue logged the outage; keep serving, follow the pointer file meanwhile
+            record = None
+        if record is None:
+            if self._published_ok:
+                log.info("no serving version from Redis: following %s", POINTER)
+            self._published_ok = False
+            return False
+        if not self._published_ok:
+            log.info("following the serving version published in Redis")
+            self._published_ok = True
+        if record != self._published_seen and self._install_pointer("published in Redis; swapped in without restart"):
+            self._published_seen = record
+        return True
+
+    def _publish_if_absent(self) -> None:
+        """Fill an empty serving-version key (first start, Redis restarted empty) from the pointer file, or with the
+        base version when nothing was promoted, so promotions are then noticed through Redis. Never overwrites.
+        Raises :class:`redis.RedisError`."""
+        assert self.queue is not None
+        pointer = read_pointer(self.model_dir)
+        if pointer is None or pointer.get("base") != self.base_version:
+            pointer = {"serving": self.base_version, "checkpoint": None, "base": self.base_version}
+        self.queue.publish_serving(pointer, only_if_absent=True)
+
+    def _install_pointer(self, how: str) -> bool:
+        """Swap the pointer's version into the inference worker if it is new; False to try again later."""
+        worker = self.worker
         pointer = read_pointer(self.model_dir)
         if pointer is None or pointer.get("base") != self.base_version or pointer["serving"] == worker.model_version:
-            self._pointer_mtime = mtime
-            return
+            return True
         path = self.model_dir / str(pointer.get("checkpoint", ""))
         try:
             net = load_checkpoint(path, device=self.settings.device)
             worker.swap(net, pointer["serving"]).result(timeout=max(60.0, self.settings.request_timeout))
         except Exception as exc:  # e.g. the queue is full: try again on the next tick
             log.warning("could not swap in %s from %s yet: %s", pointer["serving"], path, exc)
-            return
-        self._pointer_mtime = mtime
-        log.info("now serving %s (swapped in without restart)", pointer["serving"])
+            return False
+        log.info("now serving %s (%s)", pointer["serving"], how)
+        return True

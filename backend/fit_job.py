@@ -1,8 +1,11 @@
-"""The fit job process: ``python -m backend.fit_job --job-id N [--lock-fd FD]``.
+"""The fit job: ``python -m backend.fit_job --job-id N [--lock-fd FD]``, or the RQ job :func:`run_queued`.
 
 Started by :class:`backend.fit.FitManager` (which queues the job in ``MODEL_DIR/fit/state.json``, takes the job
 lock and passes it on as ``--lock-fd``, and passes the app's settings in ``FIT_SETTINGS_JSON``). Run by hand it
 reads the settings from the environment and takes the lock itself (exit code 3 while another job runs).
+With ``REDIS_URL`` set the app queues the job through RQ instead (:mod:`backend.fit_queue`) and
+``python -m backend.fit_worker`` runs :func:`run_queued`, which waits for the same lock, runs the same
+:class:`FitJob` with the worker's settings (its environment) and publishes the serving version for the replicas.
 
 What it does, writing each phase into the job's entry of the state (``GET /fit``):
 
@@ -33,6 +36,7 @@ import hashlib
 import logging
 import math
 import os
+import socket
 import sys
 import time
 import types
@@ -136,10 +140,11 @@ def freeze_batchnorm(net: nn.Module) -> None:
 class FitJob:
     """One fine-tuning job (see the module docstring). :meth:`run` returns the job's final fields."""
 
-    def __init__(self, settings: Settings, job_id: int, state: FitState) -> None:
+    def __init__(self, settings: Settings, job_id: int, state: FitState, expected_base: str | None = None) -> None:
         self.s = settings
         self.job_id = job_id
         self.state = state
+        self.expected_base = expected_base
         self.model_dir = Path(settings.model_dir)
         self.device = torch.device(settings.fit_device or settings.device)
         self._last_progress = 0.0
@@ -261,6 +266,9 @@ class FitJob:
         self.progress("loading", 0, 0, force=True)
         serving = load_serving(self.s, device=str(self.device))
         net, base = serving.net, serving.base_version
+        if self.expected_base and base != self.expected_base:  # a fit worker configured unlike the replicas
+            raise ValueError(f"this process's base version is {base!r} but the app that queued the job serves "
+                             f"{self.expected_base!r}: give the fit worker the replicas' CHECKPOINT/MODEL_VERSION")
         self.state.update_job(self.job_id, start_version=serving.version)
         skipped: list[str] = []
         store = TrainingStore(self.model_dir / "training", readonly=True)
@@ -315,6 +323,41 @@ def _hold_lock(settings: Settings, lock_fd: int | None) -> int | None:
     return lock_fd
 
 
+def configure_process(settings: Settings) -> None:
+    """Torch/OpenCV threads (``FIT_THREADS``) and ``os.nice(FIT_NICE)``: serving keeps priority on a shared host."""
+    torch.set_num_threads(max(1, settings.fit_threads))
+    with contextlib.suppress(RuntimeError):  # only possible before any parallel work
+        torch.set_num_interop_threads(1)
+    cv2.setNumThreads(max(1, settings.fit_threads))
+    if settings.fit_nice > 0:
+        with contextlib.suppress(OSError):
+            os.nice(settings.fit_nice)  # serving (and on CUDA its host-side work) keeps priority
+
+
+def execute(settings: Settings, state: FitState, job_id: int, expected_base: str | None = None,
+            **running: Any) -> dict[str, Any]:
+    """Run job ``job_id``: mark it running (with ``running``'s fields), run :class:`FitJob`, record the outcome.
+
+    The caller holds the job lock and has checked that the job may run. Returns the job's final entry.
+    """
+    started = time.time()
+    state.update_job(job_id, status="running", pid=os.getpid(), **{"started_at": now(), **running})
+    log.info("fit job %s started (pid %d, %d thread(s), device %s)", job_id, os.getpid(),
+             torch.get_num_threads(), settings.fit_device or settings.device)
+    fitter = FitJob(settings, job_id, state, expected_base)
+    try:
+        fields = fitter.run()
+    except Rejected as exc:
+        fields = {"status": "rejected", "reason": str(exc)}
+    except Exception as exc:
+        log.exception("fit job %s failed", job_id)
+        fields = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    final = state.update_job(job_id, **fields, progress=None, timings=fitter.timings, finished_at=now(),
+                             wall_s=round(time.time() - started, 2))
+    log.info("%s", describe(final))
+    return final
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one queued job; exit code 0 when it ended promoted/rejected/failed as recorded, 2 on usage, 3 if busy."""
     ap = argparse.ArgumentParser(prog="python -m backend.fit_job", description=__doc__.split("\n\n")[0])
@@ -324,13 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_json(os.environ[SETTINGS_ENV]) if os.environ.get(SETTINGS_ENV) else Settings.from_env()
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s fit-job-{args.job_id}[%(process)d]: %(message)s")
-    torch.set_num_threads(max(1, settings.fit_threads))
-    with contextlib.suppress(RuntimeError):  # only possible before any parallel work
-        torch.set_num_interop_threads(1)
-    cv2.setNumThreads(max(1, settings.fit_threads))
-    if settings.fit_nice > 0:
-        with contextlib.suppress(OSError):
-            os.nice(settings.fit_nice)  # serving (and on CUDA its host-side work) keeps priority
+    configure_process(settings)
 
     lock = _hold_lock(settings, args.lock_fd)
     if lock is None:
@@ -341,22 +378,76 @@ def main(argv: list[str] | None = None) -> int:
     if job is None or job["status"] not in ("queued", "running"):
         log.error("fit job %s is not queued or running: %s", args.job_id, job and job["status"])
         return 2
-    started = time.time()
-    state.update_job(args.job_id, status="running", pid=os.getpid(), started_at=job.get("started_at") or now())
-    log.info("fit job %s started (pid %d, %d thread(s), device %s)", args.job_id, os.getpid(),
-             torch.get_num_threads(), settings.fit_device or settings.device)
-    fitter = FitJob(settings, args.job_id, state)
-    try:
-        fields = fitter.run()
-    except Rejected as exc:
-        fields = {"status": "rejected", "reason": str(exc)}
-    except Exception as exc:
-        log.exception("fit job %s failed", args.job_id)
-        fields = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    final = state.update_job(args.job_id, **fields, progress=None, timings=fitter.timings, finished_at=now(),
-                             wall_s=round(time.time() - started, 2))
-    log.info("%s", describe(final))
+    execute(settings, state, args.job_id, started_at=job.get("started_at") or now())
     return 0
+
+
+# -- the RQ job (REDIS_URL set: run by python -m backend.fit_worker) ------------------------------------------------
+
+
+def run_queued(job_id: int, base_version: str | None = None) -> dict[str, Any]:
+    """The RQ job the app enqueues for fit job ``job_id`` (:mod:`backend.fit_queue`); runs in RQ's work horse.
+
+    Waits for the job lock (one job at a time, whoever runs it), runs the job only if the state still has it
+    ``queued`` under this RQ job's id (a stale duplicate does nothing), with the worker's settings (its environment;
+    a different base version than the app's, ``base_version``, fails the job), logs to ``fit/job-<id>.log``, and
+    publishes the pointer in Redis after the job whatever its outcome (heals a publication a crash missed).
+    Returns a short summary (RQ's result).
+    """
+    from rq import get_current_job
+
+    from .fit_queue import publish_serving
+
+    settings = Settings.from_env()
+    configure_process(settings)
+    model_dir = Path(settings.model_dir)
+    state = FitState(model_dir)
+    rq_job = get_current_job()
+    rq_id = rq_job.id if rq_job is not None else None
+
+    def still_ours() -> str | None:
+        """Why this RQ job must not run the fit job (None: it must)."""
+        job = FitState.job(state.read(), job_id)
+        if job is None:
+            return "it is not in fit/state.json"
+        if job["status"] != "queued":
+            return f"it is {job['status']}"
+        if rq_id is not None and job.get("rq_job") not in (None, rq_id):
+            return f"it was queued again as {job.get('rq_job')}"
+        return None
+
+    lock = None
+    while lock is None:  # a job of another worker (or of an app without REDIS_URL) runs: ours is next
+        why = still_ours()
+        if why is not None:
+            log.warning("fit job %s not run by RQ job %s: %s", job_id, rq_id, why)
+            return {"job_id": job_id, "status": "skipped", "reason": why}
+        lock = try_lock(model_dir / FIT_DIR / JOB_LOCK)
+        if lock is None:
+            time.sleep(1.0)
+    log_path = model_dir / FIT_DIR / f"job-{job_id}.log"
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s fit-job-{job_id}[%(process)d]: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        why = still_ours()  # checked again under the lock: a job that ran meanwhile is not run twice
+        if why is not None:
+            log.warning("fit job %s not run by RQ job %s: %s", job_id, rq_id, why)
+            return {"job_id": job_id, "status": "skipped", "reason": why}
+        final = execute(settings, state, job_id, base_version, log=str(log_path.relative_to(model_dir)),
+                        host=socket.gethostname(), worker=os.environ.get("RQ_WORKER_ID"), rq_job=rq_id)
+        pointer = read_pointer(model_dir)
+        if pointer is not None and rq_job is not None:
+            try:
+                publish_serving(rq_job.connection, settings.redis_prefix, pointer)
+                log.info("published serving version %s in Redis", pointer["serving"])
+            except Exception as exc:  # the pointer is committed; replicas also follow it while Redis is away
+                log.error("could not publish serving version %s in Redis: %s", pointer["serving"], exc)
+        return {"job_id": job_id, "status": final["status"], "version": final.get("version")}
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+        os.close(lock)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@
 | ``IMAGE_CACHE_ITEMS`` | ``16`` | decoded images kept (LRU) |
 | ``FEEDBACK_CACHE_MB`` | ``256`` | memory for stored feedback states (LRU) |
 | ``FEEDBACK_HOT_MB`` | ``128`` | memory for recent states kept decoded in process (skips decompression) |
-| ``REDIS_URL`` | unset (in-process store) | e.g. ``redis://redis:6379/0``: feedback states in Redis, for replicas |
-| ``REDIS_PREFIX`` | ``fcfi:`` | namespace of this service's Redis keys |
+| ``REDIS_URL`` | unset (in-process store) | e.g. ``redis://redis:6379/0``: shares feedback, fit jobs, versions |
+| ``REDIS_PREFIX`` | ``fcfi:`` | namespace of this service's Redis keys (fit job queue: ``fcfi-fit``) |
 | ``FEEDBACK_TTL_S`` | ``3600`` | seconds a feedback state lives in Redis after its click |
 | ``MAX_CLICKS`` | ``200`` | more clicks in one request are refused (413) |
 | ``QUEUE_SIZE`` | ``32`` | waiting requests before the service answers 503 |

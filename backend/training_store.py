@@ -214,13 +214,30 @@ class TrainingStore:
             return
         self.mask_dir.mkdir(parents=True, exist_ok=True)
         conn = self._conn()
-        conn.execute("PRAGMA journal_mode=WAL")
+        self._enable_wal(conn)
         with self._write_lock, self._transaction(conn):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.collect_garbage(orphan_min_age_s)
+
+    @staticmethod
+    def _enable_wal(conn: sqlite3.Connection) -> None:
+        """``PRAGMA journal_mode=WAL``, retried for up to the busy timeout.
+
+        Switching the journal mode does not wait on ``busy_timeout``: two processes opening a new store at once
+        (replicas starting together on one fresh volume) would otherwise fail now and then with "database is locked".
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     # -- connections -----------------------------------------------------------------------------------------------
 

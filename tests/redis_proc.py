@@ -1,20 +1,32 @@
-"""A real ``redis-server`` for tests: on 127.0.0.1, a free port, its own temp dir, no persistence.
+"""Child processes for multi-process tests: a real ``redis-server``, backend replicas and fit workers.
 
-Tests that need it skip when no ``redis-server`` binary is found, except under CI (``CI`` set), where that fails:
-``.ci/run`` installs Debian's ``redis-server`` package when the binary is missing.
+``redis-server`` runs on 127.0.0.1, a free port, its own temp dir, no persistence. Tests that need it skip when no
+``redis-server`` binary is found, except under CI (``CI`` set), where that fails: ``.ci/run`` installs Debian's
+``redis-server`` package when the binary is missing.
+
+:class:`Backend` is ``python -m backend`` and :class:`FitWorker` ``python -m backend.fit_worker``, each with its log
+in a file; :func:`child_env` is the environment to give them (the test runner's, without the service's settings).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import redis
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+# The service's settings in the test runner's environment must not leak into the child processes.
+SERVICE_ENV = ("LABEL_STUDIO_", "BASIC_AUTH_", "REDIS_", "FEEDBACK_", "CHECKPOINT", "MODEL_", "LOCAL_FILES_ROOT",
+               "FIT_")
 
 
 def free_port() -> int:
@@ -89,3 +101,86 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(10)
         self.proc = None
+
+
+def child_env(**settings: str) -> dict[str, str]:
+    """The runner's environment without the service's settings, plus ``settings`` (unbuffered logs, one thread)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SERVICE_ENV)}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", LOG_LEVEL="INFO")
+    env.update(settings)
+    return env
+
+
+class Child:
+    """A ``python -m <module>`` child process in the repository root, its output in ``<workdir>/<name>.log``."""
+
+    def __init__(self, name: str, workdir: Path, env: dict[str, str], args: list[str]) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL, as when its container dies."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.close()
+
+
+class Backend(Child):
+    """``python -m backend`` on a free loopback port."""
+
+    def __init__(self, name: str, workdir: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(name, workdir, env, ["backend", "--host", "127.0.0.1", "--port", str(self.port)])
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"backend {self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                health = requests.get(self.url + "/health", timeout=2).json()
+                if health["model_ready"]:
+                    return
+                if health["model_error"]:
+                    raise RuntimeError(f"backend {self.name}: {health['model_error']}\n{self.log()}")
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"backend {self.name} not ready after {timeout:g} s:\n{self.log()}")
+
+
+class FitWorker(Child):
+    """``python -m backend.fit_worker``: the RQ worker running fit jobs (its settings come from ``env``)."""
+
+    def __init__(self, name: str, workdir: Path, env: dict[str, str]) -> None:
+        super().__init__(name, workdir, env, ["backend.fit_worker", "--name", name])
+
+    def wait_listening(self, timeout: float = 120.0) -> None:
+        """Until RQ's worker has started listening (imports of torch and the model package take a while)."""
+        deadline = time.monotonic() + timeout
+        while "Listening on" not in self.log():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fit worker {self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fit worker {self.name} not listening after {timeout:g} s:\n{self.log()}")
+            time.sleep(0.2)

@@ -91,3 +91,29 @@ def test_compose_scale_profile_redis_replicas_behind_nginx() -> None:
     assert "listen 9090;" in nginx and "proxy_pass http://fcfi_backend;" in nginx
     assert re.search(r"proxy_read_timeout (\d+)s;", nginx)  # longer than nginx's 60 s default: clicks queue
     assert int(re.search(r"proxy_read_timeout (\d+)s;", nginx).group(1)) > 60
+
+
+def test_compose_scale_profile_fit_worker_runs_the_queued_jobs() -> None:
+    compose = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
+    services = compose["services"]
+    worker, replica = services["fit-worker"], services["backend-replica"]
+    assert worker["profiles"] == ["scale"]
+    assert worker["build"] == replica["build"]  # the same image as the replicas
+    assert worker["command"] == ["python", "-m", "backend.fit_worker"]
+    assert (ROOT / "backend" / "fit_worker.py").is_file()
+    env = dict(e.split("=", 1) for e in worker["environment"])
+    replica_env = dict(e.split("=", 1) for e in replica["environment"])
+    # The app enqueues where the worker listens, and the job sees the replicas' MODEL_DIR, images and base.
+    assert env["REDIS_URL"] == replica_env["REDIS_URL"] == "redis://redis:6379/0"
+    for name in ("MODEL_DIR", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "DEVICE"):
+        assert env[name] == replica_env[name], name
+    assert "REDIS_PREFIX" not in env and "REDIS_PREFIX" not in replica_env  # both on the default queue fcfi-fit
+    assert "model-data:/data/model" in worker["volumes"]  # promoted versions and the training store, shared
+    assert "redis" in worker["depends_on"] and "ports" not in worker
+    assert "deploy" not in worker  # the GPU reservation is commented out, like the others
+    text = (ROOT / "docker" / "docker-compose.yml").read_text()
+    block = text[text.index("  fit-worker:"):text.index("\nvolumes:")]
+    assert "#         - driver: nvidia" in block and "capabilities: [gpu]" in block
+    assert "TODO" not in text
+    requirements = (ROOT / "requirements.txt").read_text().split()
+    assert "rq==2.12.0" in requirements and any(r.startswith("redis==") for r in requirements)

@@ -6,10 +6,7 @@ Every test runs against a ``redis-server`` child process (``tests/redis_proc.py`
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 from ls_stub import FakeLabelStudio
-from redis_proc import RedisServer, free_port, redis_server_binary
+from redis_proc import Backend, RedisServer, child_env, free_port, redis_server_binary
 from test_backend import Server, body, keypoint, mask_of, scene, settings_for
 
 from backend.feedback import MemoryFeedbackStore, prefix_keys
@@ -26,7 +23,6 @@ from backend.redis_feedback import RedisFeedbackStore, make_feedback_store, reda
 from backend.settings import Settings
 from model import Click, save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 LOGGER = "backend.redis_feedback"
 
 
@@ -157,49 +153,6 @@ def test_redis_restart_reopens_pooled_connections_without_an_outage(tmp_path: Pa
 
 
 # ------------------------------------------------------------------- two backend processes sharing one Redis, HTTP
-class Backend:
-    """``python -m backend`` on a free loopback port, as a child process with its log in a file."""
-
-    def __init__(self, name: str, workdir: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"{name}.log"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "backend", "--host", "127.0.0.1", "--port", str(self.port)],
-                                     cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"backend {self.name} exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                health = requests.get(self.url + "/health", timeout=2).json()
-                if health["model_ready"]:
-                    return
-                if health["model_error"]:
-                    raise RuntimeError(f"backend {self.name}: {health['model_error']}\n{self.log()}")
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"backend {self.name} not ready after {timeout:g} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tiny_net, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(tiny_net, tmp_path_factory.mktemp("ck") / "tiny.pth", meta={"model_version": "tiny-1"})
@@ -218,16 +171,14 @@ def replicas(checkpoint: Path, label_studio: FakeLabelStudio, redis_server: Redi
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Backend, Backend]]:
     """Replicas A and B: separate processes, each with its own model and inference worker, one Redis."""
     tmp = tmp_path_factory.mktemp("replicas")
-    drop = ("LABEL_STUDIO_", "BASIC_AUTH_", "REDIS_", "FEEDBACK_", "CHECKPOINT", "MODEL_", "LOCAL_FILES_ROOT")
-    base = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     # The settings test_backend's in-process servers use, so the reference masks are comparable.
-    base.update(CHECKPOINT=str(checkpoint), LABEL_STUDIO_URL=label_studio.url,
-                LABEL_STUDIO_API_KEY=label_studio.legacy_token, MAX_IMAGE_PIXELS="4000000", FLIP="false",
-                TARGET_SIZE="160", MAX_SIZE="200", TORCH_THREADS="1", OMP_NUM_THREADS="1", REDIS_URL=redis_server.url,
-                FEEDBACK_TTL_S="600", LOG_LEVEL="INFO", PYTHONUNBUFFERED="1",
-                # No decoded states in process memory: every state goes through Redis, which is what these tests
-                # are about (that layer is tested in test_state_cache and test_backend).
-                FEEDBACK_HOT_MB="0")
+    base = child_env(CHECKPOINT=str(checkpoint), LABEL_STUDIO_URL=label_studio.url,
+                     LABEL_STUDIO_API_KEY=label_studio.legacy_token, MAX_IMAGE_PIXELS="4000000", FLIP="false",
+                     TARGET_SIZE="160", MAX_SIZE="200", TORCH_THREADS="1", REDIS_URL=redis_server.url,
+                     FEEDBACK_TTL_S="600",
+                     # No decoded states in process memory: every state goes through Redis, which is what these tests
+                     # are about (that layer is tested in test_state_cache and test_backend).
+                     FEEDBACK_HOT_MB="0")
     started = [Backend(name, tmp, {**base, "MODEL_DIR": str(tmp / f"model-{name}")}) for name in ("A", "B")]
     try:
         for b in started:
@@ -258,7 +209,7 @@ def reference(checkpoint: Path, label_studio: FakeLabelStudio) -> list[np.ndarra
 
 
 def wait_stored(redis_server: RedisServer, n: int, timeout: float = 5.0) -> None:
-    """States are written to Redis just after the answer (off the request path): wait for ``n`` of them."""
+    """Wait until Redis holds ``n`` feedback states (each replica writes its state before answering)."""
     deadline = time.monotonic() + timeout
     while len(redis_server.client().keys("fcfi:fb:*")) < n:
         assert time.monotonic() < deadline, f"fewer than {n} feedback states in Redis after {timeout:g} s"

@@ -8,6 +8,7 @@ Payloads are built as Label Studio sends them (builders from test_webhooks.py) a
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -338,3 +339,23 @@ def test_sample_row_fields_match_the_table(store: TrainingStore) -> None:
     assert isinstance(row, SampleRow)
     assert list(vars(row)) == list(ts._COLUMNS)
     assert store.annotation_samples(ANNOTATION_ID) == store.samples()
+
+
+def test_switching_to_wal_is_retried_while_another_process_holds_the_new_store() -> None:
+    # Replicas starting together on one fresh volume: two connections upgrading their locks at once get "database
+    # is locked" at once (SQLite skips the busy handler to avoid a deadlock); about one start in 40 failed so.
+    class Conn:
+        def __init__(self, errors: list[str]) -> None:
+            self.errors, self.calls = errors, 0
+
+        def execute(self, sql: str) -> None:
+            assert sql == "PRAGMA journal_mode=WAL"
+            self.calls += 1
+            if self.errors:
+                raise sqlite3.OperationalError(self.errors.pop(0))
+
+    conn = Conn(["database is locked", "database is locked"])
+    TrainingStore._enable_wal(conn)  # type: ignore[arg-type]
+    assert conn.calls == 3
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):  # anything else is not retried
+        TrainingStore._enable_wal(Conn(["disk I/O error"]))  # type: ignore[arg-type]
