@@ -43,7 +43,7 @@ import redis
 import requests
 from PIL import Image
 
-from benchmarks.stand_in import TOKEN, predict_payload, serve_files
+from benchmarks.stand_in import TOKEN, predict_payload, serve_files, session_clicks
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = ROOT / "model" / "weights" / "lite0_fcfi.pth"
@@ -67,22 +67,6 @@ def make_image(seed: int, w: int, h: int) -> tuple[bytes, np.ndarray]:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
     return buf.getvalue(), obj
-
-
-def session_clicks(obj: np.ndarray, n: int, seed: int) -> list[tuple[float, float, bool]]:
-    """The object's centre first, then alternately a negative click outside and a positive one inside."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.nonzero(obj)
-    bys, bxs = np.nonzero(~obj)
-    out = [(float(np.median(xs)), float(np.median(ys)), True)]
-    for i in range(1, n):
-        if i % 2:
-            j = rng.integers(bys.size)
-            out.append((float(bxs[j]), float(bys[j]), False))
-        else:
-            j = rng.integers(ys.size)
-            out.append((float(xs[j]), float(ys[j]), True))
-    return out
 
 
 class Procs:

@@ -36,7 +36,7 @@ from werkzeug.serving import make_server
 from backend.app import create_app
 from backend.rle import decode_rle, encode_mask
 from backend.settings import Settings
-from benchmarks.stand_in import TOKEN, predict_payload, serve_files
+from benchmarks.stand_in import TOKEN, predict_payload, serve_files, session_clicks
 from model import build_model, default_checkpoint_path, save_checkpoint
 
 W, H = 1155, 866  # 1.0 megapixel
@@ -51,22 +51,6 @@ def make_image() -> tuple[bytes, np.ndarray]:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
     return buf.getvalue(), obj
-
-
-def session_clicks(obj: np.ndarray, n: int) -> list[tuple[float, float, bool]]:
-    """Positive clicks inside the object, negative ones outside, alternating after the first two."""
-    rng = np.random.default_rng(1)
-    ys, xs = np.nonzero(obj)
-    bys, bxs = np.nonzero(~obj)
-    out = [(580.0, 430.0, True)]
-    for i in range(1, n):
-        if i % 2:
-            j = rng.integers(bys.size)
-            out.append((float(bxs[j]), float(bys[j]), False))
-        else:
-            j = rng.integers(ys.size)
-            out.append((float(xs[j]), float(ys[j]), True))
-    return out
 
 
 def pct(values: list[float], q: float) -> float:
@@ -100,7 +84,7 @@ def main() -> None:
     app.config["worker"].wait_ready(300)
     url = f"http://127.0.0.1:{http.server_port}/predict"
 
-    clicks = session_clicks(obj, args.clicks)
+    clicks = session_clicks(obj, args.clicks, seed=1, first=(580.0, 430.0))
     parts: dict[str, list[float]] = {}
     totals, masks, passes = [], [], []
     session = requests.Session()

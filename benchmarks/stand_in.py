@@ -7,6 +7,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
+
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
 CONFIG = (Path(__file__).resolve().parents[1] / "label_config.xml").read_text()
 
@@ -45,3 +47,22 @@ def predict_payload(task_id: int, image: str, w: int, h: int, clicks: list[tuple
               for x, y, p in clicks]
     return {"tasks": [{"id": task_id, "data": {"image": image}}], "project": "1.0", "label_config": CONFIG,
             "params": {"context": {"result": points}}}
+
+
+def session_clicks(obj: np.ndarray, n: int, seed: int,
+                   first: tuple[float, float] | None = None) -> list[tuple[float, float, bool]]:
+    """``n`` clicks ``(x, y, positive)`` on the HxW bool ``obj``: ``first`` (default the object's median pixel),
+    then alternately a negative click outside and a positive one inside, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.nonzero(obj)
+    bys, bxs = np.nonzero(~obj)
+    x0, y0 = first if first is not None else (float(np.median(xs)), float(np.median(ys)))
+    out = [(x0, y0, True)]
+    for i in range(1, n):
+        if i % 2:
+            j = rng.integers(bys.size)
+            out.append((float(bxs[j]), float(bys[j]), False))
+        else:
+            j = rng.integers(ys.size)
+            out.append((float(xs[j]), float(ys[j]), True))
+    return out
