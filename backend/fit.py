@@ -57,7 +57,6 @@ import sys
 import threading
 import time
 import typing
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +68,7 @@ from rq.job import JobStatus
 
 from model import default_checkpoint_path, load_checkpoint
 
+from .atomic import atomic_write_bytes
 from .fit_queue import WAITING, FitQueue
 from .images import ImageLoader
 from .ls_auth import LabelStudioAuth
@@ -93,32 +93,6 @@ SETTINGS_ENV = "FIT_SETTINGS_JSON"  # the app's Settings, for the job process
 
 
 # -- files ------------------------------------------------------------------------------------------------------------
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a folder, so a rename inside it survives power loss (ignored where unsupported)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``, fsync folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -50,7 +50,6 @@ class PredictService:
                  timeout: float = 60.0, threshold: float = 0.49, hot_bytes: int = 128 << 20) -> None:
         self.worker = worker
         self.images = images
-        self.store = store
         self.states = StateCache(store, hot_bytes)
         self.max_clicks = max_clicks
         self.timeout = timeout

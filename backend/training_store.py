@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .atomic import atomic_write_bytes, fsync_dir
 from .webhooks import AnnotationEvent, AnnotationSample
 
 __all__ = ["SPLITS", "SampleRow", "StoreError", "TrainingStore", "mask_digest", "split_for_task"]
@@ -155,15 +156,6 @@ def _encode_png(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(mask.astype(np.uint8) * np.uint8(255)).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported everywhere (e.g. some network file systems)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @dataclass
@@ -304,18 +296,9 @@ class TrainingStore:
         folder.mkdir(exist_ok=True)
         name = f"a{sample.annotation_id}-{sha[:16]}-{uuid.uuid4().hex[:12]}.png"
         final = folder / name
-        tmp = folder / f".{name}.{os.getpid()}{TMP_SUFFIX}"
-        data = _encode_png(sample.mask)
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        # The folders are fsync-ed once per event, after all its masks (see ``replace_annotation``).
+        atomic_write_bytes(final, _encode_png(sample.mask), tmp=folder / f".{name}.{os.getpid()}{TMP_SUFFIX}",
+                           sync_dir=False)
         return f"{MASK_DIR}/{shard}/{name}"
 
     def _remove_files(self, rel_paths: Iterable[str]) -> None:
@@ -430,7 +413,7 @@ class TrainingStore:
                             superseded.append(prev["mask_path"])
                     if written:
                         for folder in {(self.root / p).parent for p in written}:
-                            _fsync_dir(folder)
+                            fsync_dir(folder)
             except BaseException:
                 self._discard_unreferenced(written)
                 raise

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +20,12 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+import test_backend
 from ls_stub import FakeLabelStudio
 from PIL import Image
 from test_webhooks import annotation_body, brush_result
-from werkzeug.serving import make_server
 
 from backend import fit
-from backend.app import create_app
 from backend.fit_job import choose_samples, holdout_tasks
 from backend.settings import Settings
 from backend.training_store import SampleRow, TrainingStore, split_for_task
@@ -81,17 +79,12 @@ def fit_settings(checkpoint: Path, ls: FakeLabelStudio, model_dir: Path, **overr
     return Settings(**base)
 
 
-class Server:
-    """The backend on 127.0.0.1 with an OS-chosen port, in a thread; ``stop`` kills a job it started."""
+class Server(test_backend.Server):
+    """test_backend's in-thread backend, with fit helpers; ``stop`` kills a job it started."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.app = create_app(settings)
-        self.http = make_server("127.0.0.1", 0, self.app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.http.server_port}"
-        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
-        self.thread.start()
-        self.app.config["worker"].wait_ready(120)
+        super().__init__(settings)
 
     def get(self, path: str) -> Any:
         r = requests.get(self.url + path, timeout=10)
@@ -116,7 +109,7 @@ class Server:
 
     def stop(self) -> None:
         self.app.config["fit"].shutdown(kill=True)
-        self.http.shutdown()
+        super().stop()
 
 
 def annotate(server: Server, task: int, annotation_id: int | None = None) -> requests.Response:
