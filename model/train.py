@@ -26,6 +26,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,13 @@ def lr_at(step: int, total: int, lr: float, warmup: int, decay_at: float) -> flo
     return lr * (0.1 if step >= decay_at * total else 1.0)
 
 
+def clip_gradients(params: Iterable[torch.Tensor], max_norm: float) -> float:
+    """Clip the global L2 norm of the gradients to ``max_norm`` (0: leave them) and return the norm before."""
+    params = [p for p in params if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    return float(norm)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--decay-at", type=float, default=0.85, help="fraction of steps where lr drops 10x")
     ap.add_argument("--max-next-clicks", type=int, default=3)
+    ap.add_argument("--clip-grad", type=float, default=0.0,
+                    help="clip the global gradient norm to this (0: off); the norm is logged either way")
     ap.add_argument("--feedback-weights", type=float, nargs=2, default=(1.0, 1.0), metavar=("W_FFCM", "W_CFFM"))
     ap.add_argument("--bf16", action="store_true",
                     help="bfloat16 autocast (faster on CPU, but its rounding noise drowned the click signal in our "
@@ -208,13 +218,14 @@ def main(argv: list[str] | None = None) -> None:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(param_groups(net, args.lr, args.backbone_lr_mult), lr=args.lr)
 
-    start = 0
+    start, best = 0, float("inf")
     if (out / "last.pth").exists() and (out / "train_state.pth").exists():
         payload = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
         load_state_strict(net, payload["state_dict"])
         state = torch.load(out / "train_state.pth", map_location="cpu", weights_only=True)
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
+        best = float(state.get("best_noc90", best))
         print(f"resumed from step {start}", flush=True)
 
     meta = {"command": shlex.join(["python", "-m", "model.train", *(argv or sys.argv[1:])]),
@@ -223,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     def save(step: int) -> None:
         save_checkpoint(net, out / "last.pth", meta={**meta, "step": step})
         tmp = out / "train_state.pth.tmp"
-        torch.save({"optimizer": opt.state_dict(), "step": step}, tmp)
+        torch.save({"optimizer": opt.state_dict(), "step": step, "best_noc90": best}, tmp)
         os.replace(tmp, out / "train_state.pth")
 
     log = open(out / "log.jsonl", "a")
@@ -250,22 +261,29 @@ def main(argv: list[str] | None = None) -> None:
             raise FloatingPointError(f"loss is {loss_value} at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        grad_norm = clip_gradients(net.parameters(), args.clip_grad)
         opt.step()
         bar.set_postfix(loss=f"{loss_value:.3f}", crop="x".join(map(str, images.shape[-2:])), refresh=False)
         now = time.time()
-        log.write(json.dumps({"step": step, "loss": loss_value, **parts, "rounds": outputs["rounds"],
+        log.write(json.dumps({"step": step, "loss": loss_value, **parts, "grad_norm": round(grad_norm, 4),
+                              "rounds": outputs["rounds"],
                               "sec": round(now - t_last, 3), "crop": list(images.shape[-2:])}) + "\n")
         t_last = now
         done = step + 1
-        if done % args.ckpt_every == 0 or done == args.steps:
-            save(done)
-            log.flush()
         if args.val_every and (done % args.val_every == 0 or done == args.steps):
             figures = validate(net, args.data_root, index["val"][: args.val_samples], device)
             log.write(json.dumps({"step": done, "val": figures}) + "\n")
-            log.flush()
             print(f"\nstep {done} val {figures}", flush=True)
             net.train()
+            # A snapshot per validation, and the best one by NoC@90: a late loss spike must not cost the
+            # best weights the run has seen.
+            save_checkpoint(net, out / f"step{done}.pth", meta={**meta, "step": done, "val": figures})
+            if figures["noc90"] < best:
+                best = figures["noc90"]
+                save_checkpoint(net, out / "best.pth", meta={**meta, "step": done, "val": figures})
+        if done % args.ckpt_every == 0 or done == args.steps:
+            save(done)
+            log.flush()
     save_checkpoint(net, out / "final.pth", meta={**meta, "step": args.steps})
     log.close()
 

@@ -13,8 +13,8 @@ import torch
 from model import load_checkpoint
 from model.losses import normalized_focal_loss
 from model.sampling import interior_point, next_click, sample_initial_clicks
+from model.train import clip_gradients, parse_crop_schedule
 from model.train import main as train_main
-from model.train import parse_crop_schedule
 from model.train_data import AugmentConfig, SampleMaker, build_index, load_entries
 
 
@@ -132,3 +132,32 @@ def test_training_run_writes_checkpoint_and_resumes(tmp_path: Path) -> None:
     assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
     assert net.checkpoint_meta["step"] == 4 and "model.train" in net.checkpoint_meta["command"]
     assert json.loads((out / "data_list.json").read_text())["train"]
+
+
+def test_validation_keeps_a_snapshot_and_the_best_weights(tmp_path: Path) -> None:
+    make_data_root(tmp_path / "data")
+    out = tmp_path / "run"
+    train_main(["--out", str(out), "--data-root", str(tmp_path / "data"), "--datasets", "COCO_MVal",
+                "--val-fraction", "0.4", "--val-samples", "1", "--batch-size", "2", "--crop", "64x64",
+                "--ckpt-every", "1", "--val-every", "1", "--warmup", "1", "--threads", "1",
+                "--max-next-clicks", "0", "--steps", "2", "--clip-grad", "0.5"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    vals = {r["step"]: r["val"]["noc90"] for r in log if "val" in r}
+    assert sorted(vals) == [1, 2]
+    for step in (1, 2):
+        assert load_checkpoint(out / f"step{step}.pth").checkpoint_meta["val"]["noc90"] == vals[step]
+    best = load_checkpoint(out / "best.pth").checkpoint_meta
+    assert best["val"]["noc90"] == min(vals.values())
+    assert best["step"] == min(vals, key=lambda s: (vals[s], s))  # first step with the lowest NoC@90
+    assert torch.load(out / "train_state.pth", weights_only=True)["best_noc90"] == min(vals.values())
+    assert all(r["grad_norm"] > 0 for r in log if "loss" in r)
+
+
+def test_clip_gradients_bounds_the_norm_and_reports_it_unclipped() -> None:
+    lin = torch.nn.Linear(4, 3)
+    (lin(torch.ones(2, 4)) * 100).sum().backward()
+    before = torch.cat([p.grad.flatten() for p in lin.parameters()]).norm().item()
+    assert clip_gradients(lin.parameters(), 0.0) == pytest.approx(before)  # 0: unchanged
+    assert clip_gradients(lin.parameters(), 1.0) == pytest.approx(before)
+    after = torch.cat([p.grad.flatten() for p in lin.parameters()]).norm().item()
+    assert before > 1.0 and after == pytest.approx(1.0, rel=1e-4)
