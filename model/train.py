@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--datasets", nargs="+", default=list(TRAIN_SETS))
     ap.add_argument("--val-fraction", type=float, default=0.05)
     ap.add_argument("--steps", type=int, default=20000, help="total optimizer steps")
+    ap.add_argument("--stop-at", type=int, default=None,
+                    help="stop (with a checkpoint) after this step of the --steps schedule; resume later with a larger "
+                         "--stop-at or none")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--crop", default="256x256@0,320x480@0.6",
                     help="crop schedule HxW@fraction_of_steps, comma separated")
@@ -230,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
 
     meta = {"command": shlex.join(["python", "-m", "model.train", *(argv or sys.argv[1:])]),
             "datasets": args.datasets, "seed": args.seed}
+    if args.init:  # keep the provenance chain: the --init file may be overwritten later
+        meta["init"] = {"path": str(args.init), **getattr(net, "checkpoint_meta", {})}
 
     def save(step: int) -> None:
         save_checkpoint(net, out / "last.pth", meta={**meta, "step": step})
@@ -241,12 +246,13 @@ def main(argv: list[str] | None = None) -> None:
     pool = ThreadPoolExecutor(1)  # prepares the next batch while this one trains
     future = pool.submit(make_batch, maker, args.seed, start, args.batch_size,
                          crop_at(schedule, start, args.steps))
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train", dynamic_ncols=True,
+    stop = min(args.steps, args.stop_at) if args.stop_at else args.steps
+    bar = tqdm(range(start, stop), initial=start, total=args.steps, desc="train", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30)
     t_last = time.time()
     for step in bar:
         images, masks, clicks = future.result()
-        if step + 1 < args.steps:
+        if step + 1 < stop:
             future = pool.submit(make_batch, maker, args.seed, step + 1, args.batch_size,
                                  crop_at(schedule, step + 1, args.steps))
         images, masks = images.to(device), masks.to(device)
@@ -281,11 +287,13 @@ def main(argv: list[str] | None = None) -> None:
             if figures["noc90"] < best:
                 best = figures["noc90"]
                 save_checkpoint(net, out / "best.pth", meta={**meta, "step": done, "val": figures})
-        if done % args.ckpt_every == 0 or done == args.steps:
+        if done % args.ckpt_every == 0 or done == stop:
             save(done)
             log.flush()
-    save_checkpoint(net, out / "final.pth", meta={**meta, "step": args.steps})
     log.close()
+    pool.shutdown()
+    if stop == args.steps:
+        save_checkpoint(net, out / "final.pth", meta={**meta, "step": args.steps})
 
 
 def validate(net: nn.Module, root: Path, entries: list, device: torch.device, n_clicks: int = 20

@@ -120,9 +120,9 @@ def test_training_run_writes_checkpoint_and_resumes(tmp_path: Path) -> None:
     args = ["--out", str(out), "--data-root", str(tmp_path / "data"), "--datasets", "COCO_MVal",
             "--batch-size", "2", "--crop", "64x64", "--ckpt-every", "2", "--val-every", "0",
             "--warmup", "1", "--threads", "1", "--max-next-clicks", "1"]
-    train_main(args + ["--steps", "2"])
+    train_main(args + ["--steps", "4", "--stop-at", "2"])  # step 2 of a 4-step schedule
     state = torch.load(out / "train_state.pth", weights_only=True)
-    assert state["step"] == 2
+    assert state["step"] == 2 and not (out / "final.pth").exists()
     before = torch.load(out / "last.pth", weights_only=True)["state_dict"]
     train_main(args + ["--steps", "4"])  # resumes at step 2
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -132,6 +132,12 @@ def test_training_run_writes_checkpoint_and_resumes(tmp_path: Path) -> None:
     assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
     assert net.checkpoint_meta["step"] == 4 and "model.train" in net.checkpoint_meta["command"]
     assert json.loads((out / "data_list.json").read_text())["train"]
+    # Fine-tuning from it records where it started, so the chain survives the init file being replaced.
+    train_main([a if a != str(out) else str(tmp_path / "ft") for a in args] + ["--steps", "1", "--init",
+                                                                               str(out / "final.pth")])
+    init = load_checkpoint(tmp_path / "ft" / "final.pth").checkpoint_meta["init"]
+    assert init["path"] == str(out / "final.pth") and init["step"] == 4
+    assert init["command"] == net.checkpoint_meta["command"]
 
 
 def test_validation_keeps_a_snapshot_and_the_best_weights(tmp_path: Path) -> None:
