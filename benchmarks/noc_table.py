@@ -6,7 +6,7 @@ that REF evaluated for that dataset, so runs made with ``--every`` and full runs
 lacks one of those samples gets no figures for that dataset rather than figures on other samples.
 
     python -m benchmarks.noc_table --datasets GrabCut,Berkeley,DAVIS \\
-        "FCFI lite0=benchmarks/results/lite0_fcfi.json,benchmarks/results/lite0_fcfi_davis5.json" \\
+        "FCFI lite0=benchmarks/results/lite0_fcfi_grabcut.json,benchmarks/results/lite0_fcfi_davis5.json" \\
         "GrabCut baseline=benchmarks/results/baselines_grabcut.json"
 
 Prints the markdown table, then one JSON line with the figures; ``--plot OUT.png`` draws the mIoU-versus-clicks
