@@ -10,8 +10,11 @@ The FCFI recipe (paper Sec. 3.4 and 4.1, spec section 5) at CPU scale:
 * augmentation: scale 0.75-1.40, flip, crop with padding, brightness/contrast/RGB jitter, copy-paste
   of object cut-outs, merged multi-object masks;
 * Adam with ``--backbone-lr-mult`` for the ImageNet backbone, step decay at ``--decay-at``;
-* resume from ``OUT/last.pth`` + ``OUT/train_state.pth``; a progress bar; ``OUT/log.jsonl`` of losses and
-  validation NoC; the command line and data list recorded in ``OUT``; a fixed ``--seed``.
+* resume from ``OUT/last.pth`` + ``OUT/train_state.pth`` (``--stop-at`` pauses a schedule on purpose); a
+  progress bar; ``OUT/log.jsonl`` of losses, gradient norms and validation NoC; ``OUT/stepN.pth`` at every
+  validation and ``OUT/best.pth`` by validation NoC@90; optional ``--clip-grad``; the command line and data
+  list recorded in ``OUT`` (and in each checkpoint's ``meta``, with the ``--init`` checkpoint's own meta);
+  a fixed ``--seed``.
 
 Every batch is drawn from a generator seeded with (seed, step), so a resumed run sees the same data
 as an uninterrupted one.
