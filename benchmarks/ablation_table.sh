@@ -13,6 +13,8 @@ python -m benchmarks.noc_table --datasets GrabCut,Berkeley,DAVIS \
     "no FCFI, 600 steps=$R/ablation_none_gb2.json,$R/ablation_none_davis10.json" \
     "FCFI full, 1200 steps=$R/ablation_full_1200_gb2.json,$R/ablation_full_1200_davis10.json" \
     "no FCFI, 1200 steps=$R/ablation_none_1200_gb2.json,$R/ablation_none_1200_davis10.json" \
+    "FCFI full, 1800 steps=$R/ablation_full_1800_gb2.json,$R/ablation_full_1800_davis10.json" \
+    "no FCFI, 1800 steps=$R/ablation_none_1800_gb2.json,$R/ablation_none_1800_davis10.json" \
     "shipped (flip on)=$R/lite0_fcfi_grabcut.json,$R/lite0_fcfi_berkeley.json,$R/lite0_fcfi_davis5.json" \
     "GrabCut baseline=$R/baselines_grabcut.json,$R/baselines_grabcut_davis5.json" \
     "random walker=$R/baselines_random_walker.json,$R/baselines_random_walker_davis5.json" \
