@@ -57,12 +57,14 @@ def plot_miou_curves(results: Sequence[dict[str, Any]], out_path: str | os.PathL
     labels = list(labels)
     fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.0), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
-        for r, label in zip(results, labels, strict=True):
+        for i, (r, label) in enumerate(zip(results, labels, strict=True)):
             d = dataset_results(r).get(name)
             if d is None:
                 continue
             miou = d["miou"]
-            ax.plot(range(1, len(miou) + 1), miou, marker="o", markersize=3, label=label)
+            # One style per method in every panel; past ten methods the colours repeat with another line style.
+            ax.plot(range(1, len(miou) + 1), miou, marker="o", markersize=3, label=label,
+                    color=f"C{i % 10}", linestyle=("-", "--", ":")[i // 10 % 3])
         ax.set_title(f"{name}")
         ax.set_xlabel("number of clicks")
         ax.set_ylabel("mIoU")
