@@ -166,6 +166,8 @@ def build_from_config(config: dict[str, Any], state_keys: set[str] | None = None
     v = _values(config)
     has_fcfi = state_keys is None or any(".correction_module." in k for k in state_keys)
     if cls == LITE0_CLASS:
+        # Files written before ``skip_prev_mask`` existed fed the previous mask into the click skip.
+        v.setdefault("skip_prev_mask", True)
         return build_model("lite0", pretrained=False, **v)
     if cls == HRNET_CLASS:
         _reject_unsupported(v)

@@ -51,7 +51,8 @@ class Method(Protocol):
 
 
 def evaluate_sample(method: Method, rgb: np.ndarray, gt: np.ndarray, n_clicks: int = MAX_CLICKS,
-                    threshold: float = THRESHOLD, metric_click: int = METRIC_CLICK) -> dict[str, Any]:
+                    threshold: float = THRESHOLD, metric_click: int = METRIC_CLICK,
+                    stop_iou: float | None = None) -> dict[str, Any]:
     """Run the protocol on one image.
 
     Args:
@@ -61,6 +62,8 @@ def evaluate_sample(method: Method, rgb: np.ndarray, gt: np.ndarray, n_clicks: i
         n_clicks: clicks to simulate (all are run, no early stop).
         threshold: mask = probs > threshold.
         metric_click: the click after which BIoU and ASSD are measured.
+        stop_iou: stop clicking once the IoU reaches this (``ious`` is then shorter; NoC at any lower
+            threshold is still exact). None: all ``n_clicks``.
     Returns:
         ``{"ious": [n_clicks floats], "clicks": [[x, y, positive], ...], "biou5", "assd5"}``. When no
         error pixel is left to click, the previous prediction (and IoU) is kept for the remaining clicks.
@@ -82,6 +85,8 @@ def evaluate_sample(method: Method, rgb: np.ndarray, gt: np.ndarray, n_clicks: i
         if k == metric_click:
             biou_k = boundary_iou(gt, pred)
             assd_k = assd(gt, pred)
+        if stop_iou is not None and ious[-1] >= stop_iou:
+            break
     return {"ious": ious, "clicks": [[c.x, c.y, c.positive] for c in clicker.clicks],
             "biou5": biou_k, "assd5": assd_k}
 

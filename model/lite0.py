@@ -151,7 +151,7 @@ class Lite0FeatureExtractor(nn.Module):
     """Backbone, decoder, FCFI modules and head; everything except the click-map stem."""
 
     def __init__(self, fcfi: str, decoder_ch: int, mid_ch: int, expansion_ratio: float,
-                 update_num: int, click_skip: bool = True) -> None:
+                 update_num: int, click_skip: bool = True, skip_prev_mask: bool = False) -> None:
         super().__init__()
         self.backbone = EfficientNetLite0()
         self.decoder = FPNDecoder(decoder_ch)
@@ -159,8 +159,12 @@ class Lite0FeatureExtractor(nn.Module):
             # Click encoding straight into the stride-4 decoder: the clicks reach the head through
             # three layers instead of the whole trunk, which is what lets a short CPU budget learn to
             # follow them (with the stem injection alone the network learned saliency first).
-            # Inputs: the 3 encoding channels and 2 click-similarity maps (see ``click_similarity``).
-            self.click_skip = nn.Sequential(nn.Conv2d(5, decoder_ch, 3, padding=1, bias=False),
+            # Inputs: the positive and negative disks (plus the previous mask with ``skip_prev_mask``) and
+            # 2 click-similarity maps (see ``click_similarity``). Without the previous mask here, the
+            # feedback reaches the decoder only through FFCM/CFFM, so ``fcfi="none"`` is the paper's
+            # baseline (previous mask as an input channel only).
+            self.click_skip = nn.Sequential(nn.Conv2d(5 if skip_prev_mask else 4, decoder_ch, 3, padding=1,
+                                                      bias=False),
                                             nn.BatchNorm2d(decoder_ch))
         if fcfi in ("full", "ffcm"):
             # aux: RGB (3) + click encoding [prev, pos, neg] (3) + feedback (1).
@@ -186,6 +190,8 @@ class Lite0FCFI(ClickSegmentationModel):
         norm_radius: click disk radius (input pixels).
         click_scale: initial value of the learned scale on the click-map stem injection.
         click_skip: also add the click encoding (max-pooled to stride 4) to the decoder.
+        skip_prev_mask: include the previous mask in that skip (the first shipped weights did; it gives the
+            feedback a path around FFCM/CFFM, so it is off for new networks).
         pretrained: initialise the backbone from the ImageNet weights package.
     """
 
@@ -193,14 +199,16 @@ class Lite0FCFI(ClickSegmentationModel):
 
     def __init__(self, fcfi: str = "full", decoder_ch: int = 64, mid_ch: int = 32,
                  expansion_ratio: float = 0.3, update_num: int = 1, norm_radius: float = 5,
-                 click_scale: float = 1.0, click_skip: bool = True, pretrained: bool = False) -> None:
+                 click_scale: float = 1.0, click_skip: bool = True, skip_prev_mask: bool = False,
+                 pretrained: bool = False) -> None:
         super().__init__(norm_radius=norm_radius, prev_mask_in_encoding=True, norm_mean_std=IMAGENET_MEAN_STD)
         if fcfi not in FCFI_VARIANTS:
             raise ValueError(f"fcfi must be one of {FCFI_VARIANTS}, got {fcfi!r}")
         self.fcfi = fcfi
         self.config_params = dict(fcfi=fcfi, decoder_ch=decoder_ch, mid_ch=mid_ch,
                                   expansion_ratio=expansion_ratio, update_num=update_num,
-                                  norm_radius=norm_radius, click_scale=click_scale, click_skip=click_skip)
+                                  norm_radius=norm_radius, click_scale=click_scale, click_skip=click_skip,
+                                  skip_prev_mask=skip_prev_mask)
         self.use_ffcm = fcfi in ("full", "ffcm")
         self.use_cffm = fcfi in ("full", "cffm")
         self.maps_transform = maps_transform(self.coord_channels, 32)
@@ -210,8 +218,12 @@ class Lite0FCFI(ClickSegmentationModel):
         with torch.no_grad():
             self.maps_transform[3].scale.fill_(click_scale)
         self.feature_extractor = Lite0FeatureExtractor(fcfi, decoder_ch, mid_ch, expansion_ratio, update_num,
-                                                       click_skip)
+                                                       click_skip, skip_prev_mask)
+        self.skip_prev_mask = skip_prev_mask
         init_weights(self, fan_aware=False)
+        # The logit conv: fan-out ReLU init gave logits of std ~5.7, i.e. saturated, confident noise at the
+        # first step. Small weights start every pixel near p = 0.5 with useful gradients.
+        nn.init.normal_(self.feature_extractor.head[-1].weight, std=0.01)
         if pretrained:
             self.feature_extractor.backbone.load_imagenet()
 
@@ -229,7 +241,8 @@ class Lite0FCFI(ClickSegmentationModel):
             size = taps[0].shape[-2:]
             sim = F.interpolate(click_similarity(taps[2], encoding[:, 1:3]), size=size, mode="bilinear",
                                 align_corners=False)
-            skip = fe.click_skip(torch.cat([F.adaptive_max_pool2d(encoding, size), sim], 1))
+            maps = encoding if self.skip_prev_mask else encoding[:, 1:3]
+            skip = fe.click_skip(torch.cat([F.adaptive_max_pool2d(maps, size), sim], 1))
         feats = fe.decoder(taps, skip)
         out: dict[str, torch.Tensor | None] = {"box_mask": None}
         feedback = prev_mask

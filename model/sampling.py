@@ -42,12 +42,14 @@ def _pick(mask: np.ndarray, rng: np.random.Generator, k: int) -> list[tuple[int,
 
 
 def sample_initial_clicks(mask: np.ndarray, rng: np.random.Generator, others: np.ndarray | None = None,
-                          max_points: int = MAX_POINTS) -> list[tuple[int, int, bool]]:
+                          max_points: int = MAX_POINTS, ignore: np.ndarray | None = None
+                          ) -> list[tuple[int, int, bool]]:
     """The multi-point sampler: a first positive click at the object centre, then extra clicks.
 
     Args:
         mask: HxW bool object mask (non-empty).
         others: HxW bool mask of other objects in the image (negatives may land there), or None.
+        ignore: HxW bool mask of uncertain pixels no click may land on, or None.
     Returns:
         chronological clicks; the first is the centre click. Extra positives: Categorical{0..23}, extra
         negatives Categorical{0..24}, both with P(k) ~ 0.8^k; negatives come from a border ring of width
@@ -64,7 +66,7 @@ def sample_initial_clicks(mask: np.ndarray, rng: np.random.Generator, others: np
         pool = eroded if (rng.random() < 0.9 and eroded.sum() > 10) else mask
         clicks += [(y, x, True) for y, x in _pick(pool, rng, n_pos)]
     if n_neg:
-        bg = ~mask
+        bg = ~mask if ignore is None else ~mask & ~ignore
         width = max(1, math.ceil(0.1 * math.sqrt(mask.sum())))
         ring = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=width).astype(bool) & bg
         other = others & bg if others is not None else None
