@@ -50,9 +50,7 @@ import base64
 import errno
 import hashlib
 import io
-import ipaddress
 import os
-import socket
 import stat
 import threading
 import time
@@ -66,7 +64,8 @@ import numpy as np
 import requests
 from PIL import Image, ImageOps
 
-from .ls_auth import LabelStudioAuth, LabelStudioAuthError, LabelStudioConnectionError
+from .ls_auth import LabelStudioAuth, LabelStudioAuthError, LabelStudioConnectionError, origin_of
+from .safe_http import AddressGuard, BlockedAddressError, GuardedSession, UnsafeURLError, check_url
 
 __all__ = [
     "CLOUD_SCHEMES",
@@ -198,13 +197,17 @@ def _describe(url: str, keep_query: bool = False) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _is_public_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
-    if isinstance(ip, ipaddress.IPv6Address):
-        mapped = ip.ipv4_mapped or ip.sixtofour
-        if mapped is not None:
-            ip = mapped
-    return ip.is_global and not ip.is_multicast
+def _describe_raw(url: str) -> str:
+    """A refused URL as written (not as any parser reads it), without user info or query, escaped, capped."""
+    text = url.split("?", 1)[0].split("#", 1)[0]
+    if "//" in text:
+        head, rest = text.split("//", 1)
+        authority, slash, path = rest.partition("/")
+        if "@" in authority:
+            authority = "***@" + authority.rsplit("@", 1)[1]
+        text = f"{head}//{authority}{slash}{path}"
+    shown = ascii(text)
+    return shown if len(shown) <= 200 else shown[:197] + "..."
 
 
 def _scale_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
@@ -257,9 +260,9 @@ class ImageLoader:
     Arguments are explicit (nothing is read from the environment): ``auth`` for Label Studio (None: Label Studio
     paths are refused), ``local_files_root`` (None: local paths off), ``max_bytes`` per download,
     ``max_pixels`` per image, ``cache_items`` decoded images kept (0: no cache), ``timeout`` seconds per
-    download (connect, each read, and in total), ``allow_private_hosts`` for plain URLs. ``session`` may be
-    injected; ``trust_env`` lets requests read proxy settings from the environment (off by default: with a proxy
-    the SSRF check cannot see where a request really goes). Thread-safe.
+    download (connect, each read, and in total), ``allow_private_hosts`` for plain URLs. ``guard`` may replace
+    the address policy (tests); every connection goes through a :class:`~backend.safe_http.GuardedSession`, never
+    through a proxy (with one the guard could not see where a request really goes). Thread-safe.
     """
 
     def __init__(
@@ -272,8 +275,7 @@ class ImageLoader:
         timeout: float,
         allow_private_hosts: bool,
         *,
-        session: requests.Session | None = None,
-        trust_env: bool = False,
+        guard: AddressGuard | None = None,
     ) -> None:
         if max_bytes <= 0 or max_pixels <= 0 or cache_items < 0 or timeout <= 0:
             raise ValueError("max_bytes, max_pixels and timeout must be positive and cache_items >= 0")
@@ -284,8 +286,11 @@ class ImageLoader:
         self.cache_items = int(cache_items)
         self.timeout = float(timeout)
         self.allow_private_hosts = bool(allow_private_hosts)
-        self._session = session or requests.Session()
-        self._session.trust_env = trust_env
+        ls_origin = origin_of(auth.base_url) if auth is not None and auth.base_url else None
+        self.guard = guard or AddressGuard(allow_private=self.allow_private_hosts)
+        if ls_origin is not None:
+            self.guard.trusted.add(ls_origin)  # Label Studio is reached wherever it lives (often on loopback)
+        self._session = GuardedSession(self.guard)
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple, LoadedImage] = OrderedDict()
         self._inflight: dict[tuple, Future] = {}
@@ -454,36 +459,18 @@ class ImageLoader:
 
     # -- network -----------------------------------------------------------------------------------------------------
 
-    def _check_host(self, url: str) -> None:
-        """SSRF guard for a hop that is not on the Label Studio origin."""
-        parts = urlsplit(url)
-        host = parts.hostname
-        if not host:
-            raise ImageBadUrl(f"the URL {_describe(url)!r} has no host")
-        try:
-            port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-        except ValueError as exc:
-            raise ImageBadUrl(f"the URL {_describe(url)!r} has an invalid port") from exc
-        if self.allow_private_hosts:
-            return
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError, ValueError) as exc:
-            raise ImageUnreachable(f"cannot resolve the image host {host!r}: {exc}") from exc
-        for info in infos:
-            address = str(info[4][0])
-            if not _is_public_address(address):
-                hint = ""
-                if parts.path.startswith(LS_PATH_PREFIXES):
-                    hint = (
-                        f" If {parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]} is your Label Studio, set "
-                        "LABEL_STUDIO_URL to exactly that origin (scheme, host and port)."
-                    )
-                raise ImageForbidden(
-                    f"refusing to fetch {_describe(url)}: {host} resolves to the non-public address {address}. "
-                    "Plain image URLs on loopback/private networks are blocked unless the backend allows them "
-                    "(ALLOW_PRIVATE_URLS=true); Label Studio's own URLs are always allowed." + hint
-                )
+    def _blocked(self, url: str) -> ImageForbidden:
+        scheme, host, port = origin_of(url) or ("", "?", 0)
+        hint = ""
+        if urlsplit(url).path.startswith(LS_PATH_PREFIXES):
+            shown = f"[{host}]" if ":" in host else host
+            hint = (f" If {scheme}://{shown}:{port} is your Label Studio, set LABEL_STUDIO_URL to exactly that origin "
+                    "(scheme, host and port).")
+        return ImageForbidden(
+            f"refusing to fetch {_describe(url)}: {host} is not a public address. Plain image URLs on "
+            "loopback/private networks are blocked unless the backend allows them (ALLOW_PRIVATE_URLS=true); Label "
+            "Studio's own URLs are always allowed." + hint
+        )
 
     def _fetch_http(self, url: str, original: str) -> bytes:
         deadline = time.monotonic() + self.timeout
@@ -491,13 +478,15 @@ class ImageLoader:
         retried_auth = False
         hops = 0
         while True:
-            scheme = urlsplit(url).scheme.lower()
-            if scheme not in ("http", "https"):
-                raise ImageBadUrl(f"redirect to a non-http(s) URL {_describe(url)!r} refused")
+            # The URL is checked and canonicalised by the parser the HTTP client connects with; the token
+            # decision below and the connection both use this exact string.
+            try:
+                url = check_url(url)
+            except UnsafeURLError as exc:
+                what = "redirect target" if hops else "image URL"
+                raise ImageBadUrl(f"refused {what} {_describe_raw(url)}: {exc}") from exc
             on_ls = self.auth is not None and self.auth.is_label_studio_url(url)
             token_allowed = token_allowed and on_ls
-            if not on_ls:
-                self._check_host(url)
             headers = {"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.5"}
             auth_header: dict[str, str] = {}
             if token_allowed and self.auth is not None:
@@ -515,6 +504,8 @@ class ImageLoader:
                 response = self._session.get(
                     url, headers=headers, stream=True, allow_redirects=False, timeout=min(self.timeout, remaining)
                 )
+            except BlockedAddressError as exc:
+                raise self._blocked(url) from exc
             except requests.Timeout as exc:
                 raise ImageUnreachable(f"timed out after {self.timeout:g} s fetching {_describe(url)}", 504) from exc
             except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
@@ -527,7 +518,7 @@ class ImageLoader:
                     hops += 1
                     if hops > MAX_REDIRECTS:
                         raise ImageUnreachable(f"more than {MAX_REDIRECTS} redirects fetching {_describe(original)}")
-                    url = urljoin(url, response.headers["Location"])
+                    url = urljoin(url, response.headers.get("Location", ""))
                     continue
                 if status == 401 and on_ls and auth_header and not retried_auth and self.auth.can_refresh:
                     self.auth.invalidate(auth_header)  # the access token may have been revoked or expired early
@@ -560,8 +551,10 @@ class ImageLoader:
         return bytes(buffer)
 
     def _connection_message(self, url: str, on_ls: bool, exc: Exception) -> str:
-        host = urlsplit(url).netloc.rsplit("@", 1)[-1]
-        text = f"cannot connect to {host} to fetch {_describe(url)} ({type(exc).__name__})"
+        # One message for every way a connection fails (refused, reset, unresolvable): the caller learns nothing
+        # about which ports of a host are open.
+        host = (origin_of(url) or ("", "?", 0))[1]
+        text = f"cannot connect to {host} to fetch {_describe(url)}"
         if on_ls:
             text += (
                 "; check LABEL_STUDIO_URL: it must be reachable from the backend (not 'localhost' inside Docker)"

@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from .safe_http import origin
+
 __all__ = [
     "LabelStudioAuth",
     "LabelStudioAuthError",
@@ -78,19 +80,13 @@ class LabelStudioConnectionError(LabelStudioAuthError):
 
 
 def origin_of(url: str) -> tuple[str, str, int] | None:
-    """``(scheme, host, port)`` of an http(s) URL, lower-cased, default ports filled in; None if not http(s).
+    """``(scheme, host, port)`` of an http(s) URL, lower-cased, default ports filled in; None if not http(s) or
+    not a URL the backend fetches (:func:`backend.safe_http.check_url`).
 
-    IPv6 hosts come without brackets; a trailing dot on the host name is dropped.
+    The same parser the HTTP client connects with decides it, so "on the Label Studio origin" means the request
+    really goes there. IPv6 hosts come without brackets; a trailing dot on the host name is dropped.
     """
-    try:
-        parts = urlsplit(url.strip())
-        scheme = parts.scheme.lower()
-        if scheme not in DEFAULT_PORTS or not parts.hostname:
-            return None
-        port = parts.port if parts.port is not None else DEFAULT_PORTS[scheme]
-    except ValueError:  # bad port, bad IPv6 literal
-        return None
-    return scheme, parts.hostname.lower().rstrip("."), port
+    return origin(url.strip()) if isinstance(url, str) else None
 
 
 def same_origin(url_a: str, url_b: str) -> bool:

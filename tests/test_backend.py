@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,42 +11,9 @@ import pytest
 import requests
 from ls_stub import FakeLabelStudio, StubServer
 from PIL import Image
-from werkzeug.serving import make_server
+from support import CONFIG, H, Server, W, body, keypoint, mask_of, scene, settings_for
 
-from backend.app import create_app
-from backend.rle import decode_rle
-from backend.settings import Settings
 from model import save_checkpoint
-
-CONFIG = (Path(__file__).resolve().parents[1] / "label_config.xml").read_text()
-W, H = 160, 120
-
-
-def scene() -> tuple[bytes, np.ndarray]:
-    """A GrabCut-like image: a bright ellipse on a dark textured background, and its mask."""
-    rng = np.random.default_rng(0)
-    rgb = (rng.normal(40, 8, (H, W, 3))).clip(0, 255).astype(np.uint8)
-    yy, xx = np.mgrid[:H, :W]
-    obj = ((yy - 60) / 30.0) ** 2 + ((xx - 80) / 40.0) ** 2 <= 1
-    rgb[obj] = (210, 190, 60)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue(), obj
-
-
-class Server:
-    """A backend on 127.0.0.1 with an OS-chosen port, in a thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.app = create_app(settings)
-        self.http = make_server("127.0.0.1", 0, self.app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.http.server_port}"
-        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
-        self.thread.start()
-        self.app.config["worker"].wait_ready(120)
-
-    def stop(self) -> None:
-        self.http.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -68,39 +34,11 @@ def label_studio() -> Iterator[FakeLabelStudio]:
     ls.stop()
 
 
-def settings_for(checkpoint: Path, ls: FakeLabelStudio, **overrides) -> Settings:
-    import tempfile
-
-    base = dict(checkpoint=str(checkpoint), label_studio_url=ls.url, label_studio_api_key=ls.legacy_token,
-                model_dir=Path(tempfile.mkdtemp(prefix="model-dir-")),
-                max_image_pixels=4_000_000, flip=False, target_size=160, max_size=200, torch_threads=1)
-    base.update(overrides)
-    return Settings(**base)
-
-
 @pytest.fixture(scope="module")
 def server(checkpoint, label_studio) -> Iterator[Server]:
     s = Server(settings_for(checkpoint, label_studio))
     yield s
     s.stop()
-
-
-def keypoint(x: float, y: float, positive: bool = True, label: str = "Object") -> dict:
-    return {"original_width": W, "original_height": H, "image_rotation": 0,
-            "value": {"x": 100 * x / W, "y": 100 * y / H, "width": 0.5, "keypointlabels": [label]},
-            "is_positive": positive, "id": "k", "from_name": "tag2", "to_name": "image", "type": "keypointlabels"}
-
-
-def body(points: list[dict], image: str = "/data/upload/1/scene.png", config: str = CONFIG) -> dict:
-    return {"tasks": [{"id": 7, "data": {"image": image}}], "project": "3.1700000000", "label_config": config,
-            "params": {"context": {"result": points}}}
-
-
-def mask_of(response: requests.Response) -> np.ndarray:
-    region = response.json()["results"][0]["result"][0]
-    assert region["type"] == "brushlabels" and region["value"]["format"] == "rle"
-    assert (region["original_width"], region["original_height"]) == (W, H)
-    return decode_rle(region["value"]["rle"], region["original_height"], region["original_width"]) > 0
 
 
 CLICKS = [keypoint(80, 60), keypoint(5, 5, positive=False)]

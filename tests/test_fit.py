@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-import test_backend
+import support
 from ls_stub import FakeLabelStudio
 from PIL import Image
 from test_webhooks import annotation_body, brush_result
@@ -79,7 +79,7 @@ def fit_settings(checkpoint: Path, ls: FakeLabelStudio, model_dir: Path, **overr
     return Settings(**base)
 
 
-class Server(test_backend.Server):
+class Server(support.Server):
     """test_backend's in-thread backend, with fit helpers; ``stop`` kills a job it started."""
 
     def __init__(self, settings: Settings) -> None:

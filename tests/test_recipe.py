@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from support import disk, make_data_root
 
 from model import build_model, load_checkpoint, save_checkpoint
 from model.clicks import points_tensor
@@ -21,11 +22,6 @@ from model.train import main as train_main
 from model.train_data import TRAIN_SETS, AugmentConfig, SampleMaker, TrainImage, build_index, load_entries
 
 DATA_ROOT = Path(os.environ.get("FCFI_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def disk(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
-    yy, xx = np.mgrid[:h, :w]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
 def pet_like(h: int = 120, w: int = 160) -> TrainImage:
@@ -161,8 +157,6 @@ def test_click_skip_leaves_the_previous_mask_to_fcfi() -> None:
 
 
 def test_init_trains_in_training_mode(tmp_path: Path) -> None:
-    from tests.test_training import make_data_root
-
     make_data_root(tmp_path / "data")
     init = save_checkpoint(build_model("lite0", pretrained=False), tmp_path / "init.pth")
     out = tmp_path / "run"

@@ -16,7 +16,7 @@ import pytest
 import requests
 from ls_stub import FakeLabelStudio
 from redis_proc import Backend, RedisServer, child_env, free_port, redis_server_binary
-from test_backend import Server, body, keypoint, mask_of, scene, settings_for
+from support import Server, body, keypoint, mask_of, scene, settings_for
 
 from backend.feedback import MemoryFeedbackStore, prefix_keys
 from backend.redis_feedback import RedisFeedbackStore, make_feedback_store, redact_url

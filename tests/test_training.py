@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from support import disk, make_data_root
 
 from model import load_checkpoint
 from model.losses import normalized_focal_loss
@@ -16,11 +16,6 @@ from model.sampling import interior_point, next_click, sample_initial_clicks
 from model.train import clip_gradients, parse_crop_schedule
 from model.train import main as train_main
 from model.train_data import AugmentConfig, SampleMaker, _split_of, build_index, load_entries
-
-
-def disk(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
-    yy, xx = np.mgrid[:h, :w]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
 def test_interior_point_is_deep_inside() -> None:
@@ -70,24 +65,6 @@ def test_nfl_is_zero_for_perfect_and_ignores_minus_one() -> None:
     assert bad > 0.1
     probs = torch.tensor([[[[1.01, 0.0], [0.5, 1.0]]]])  # bf16 rounding can exceed 1
     assert torch.isfinite(normalized_focal_loss(probs, target, from_logits=False)).all()
-
-
-def make_data_root(root: Path) -> None:
-    """A tiny COCO_MVal-like and BSDS-like training tree, plus an evaluation set that must be refused."""
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        img = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
-        mask = disk(96, 128, 48, 40 + 5 * i, 20).astype(np.uint8) * 255
-        img[mask > 0] = (230, 40, 40)
-        for folder, sub, data in (("COCO_MVal", "img", img), ("COCO_MVal", "gt", mask)):
-            (root / folder / sub).mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(root / folder / sub / f"s{i}.{'jpg' if sub == 'img' else 'png'}"), data)
-        labels = np.ones((96, 128), np.uint8)
-        labels[:, 64:] = 2
-        (root / "BSDS_regions" / "images").mkdir(parents=True, exist_ok=True)
-        (root / "BSDS_regions" / "labels").mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(root / "BSDS_regions" / "images" / f"b{i}.jpg"), img)
-        cv2.imwrite(str(root / "BSDS_regions" / "labels" / f"b{i}.png"), labels)
 
 
 def test_index_split_and_samples(tmp_path: Path) -> None:
