@@ -9,6 +9,7 @@ We speak the ML-backend protocol ourselves instead of using ``label-studio-ml``:
 from __future__ import annotations
 
 import base64
+import errno
 import hmac
 import logging
 import time
@@ -19,7 +20,7 @@ import torch
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .errors import BadRequest, ServiceError
+from .errors import BadRequest, ServiceError, TooLarge
 from .fit import FitManager, checkpoint_version, image_loader, load_serving, predictor_options, summary
 from .fit_queue import make_fit_queue
 from .images import ImageError
@@ -31,10 +32,12 @@ from .webhooks import AnnotationEvent, DeleteEvent, TrainEvent, parse_event
 from .worker import InferenceWorker
 
 log = logging.getLogger(__name__)
-OPEN_ROUTES = {"/health", "/webhook"}  # Label Studio's auto-created webhook sends no auth header
+OPEN_ROUTES = {"/health"}
+WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
+JSON_ROUTES = {"/predict", "/webhook"}  # a text/plain POST from any web page must not reach them (no CORS preflight)
 
 
-__all__ = ["OPEN_ROUTES", "checkpoint_version", "create_app", "make_loader"]
+__all__ = ["OPEN_ROUTES", "WEBHOOK_SECRET_HEADER", "checkpoint_version", "create_app", "make_loader"]
 
 
 def make_loader(settings: Settings):
@@ -62,30 +65,59 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
     images = image_loader(settings)
     store = make_feedback_store(settings)  # Redis when REDIS_URL is set, else in-process
     service = PredictService(worker, images, store, settings.max_clicks, settings.request_timeout,
-                             hot_bytes=settings.feedback_hot_mb << 20)
+                             hot_bytes=settings.feedback_hot_mb << 20,
+                             max_interactive_tasks=settings.max_interactive_tasks)
+    if not settings.webhook_secret and not settings.basic_auth_user:
+        log.warning("neither WEBHOOK_SECRET nor BASIC_AUTH_USER is set: anyone who reaches this port can post "
+                    "annotations to /webhook and start training; set one before exposing the backend")
 
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb << 20  # refused with 413 before it is read
     app.config["settings"] = settings
     app.config["service"] = service
     app.config["worker"] = worker
     app.config["fit"] = fit
 
-    @app.before_request
-    def basic_auth() -> Response | None:
-        if not settings.basic_auth_user or request.path in OPEN_ROUTES:
-            return None
+    def basic_auth_ok() -> bool:
         header = request.headers.get("Authorization", "")
         expected = "Basic " + base64.b64encode(
             f"{settings.basic_auth_user}:{settings.basic_auth_pass or ''}".encode()).decode()
-        if hmac.compare_digest(header.encode(), expected.encode()):
+        return hmac.compare_digest(header.encode(), expected.encode())
+
+    def webhook_secret_ok() -> bool:
+        given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
+        return bool(settings.webhook_secret) and hmac.compare_digest(given.encode(), settings.webhook_secret.encode())
+
+    @app.before_request
+    def authenticate() -> Response | None:
+        if request.path in OPEN_ROUTES:
+            return None
+        if request.path == "/webhook" and (settings.webhook_secret or settings.basic_auth_user):
+            # Label Studio's webhooks can carry a custom header (the secret); START_TRAINING comes through its ML
+            # client, which sends the backend's basic-auth credentials.
+            if webhook_secret_ok() or (settings.basic_auth_user and basic_auth_ok()):
+                return None
+        elif not settings.basic_auth_user or basic_auth_ok():
             return None
         response = jsonify(error="authentication required")
         response.status_code = 401
-        response.headers["WWW-Authenticate"] = 'Basic realm="fcfi-backend"'
+        if settings.basic_auth_user:
+            response.headers["WWW-Authenticate"] = 'Basic realm="fcfi-backend"'
         return response
 
+    @app.before_request
+    def require_json() -> Response | None:
+        if request.method == "POST" and request.path in JSON_ROUTES and request.mimetype != "application/json":
+            response = jsonify(error=f"{request.path} takes Content-Type: application/json")
+            response.status_code = 415
+            return response
+        return None
+
     def body() -> Any:
-        data = request.get_json(silent=True, force=True)
+        try:
+            data = request.get_json(silent=True, force=True)
+        except RecursionError:  # JSON nested thousands deep
+            raise BadRequest("request body is nested too deeply") from None
         if data is None:
             raise BadRequest("request body is not valid JSON")
         return data
@@ -124,6 +156,10 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
             return jsonify(status="ok", action=event.action, stored=stored, skipped=event.skipped,
                            fit_job=summary(job))
         if isinstance(event, DeleteEvent):
+            if len(event.annotation_ids) > settings.webhook_max_delete:
+                raise TooLarge(f"ANNOTATIONS_DELETED names {len(event.annotation_ids):,} annotations; at most "
+                               f"{settings.webhook_max_delete} per event are deleted (WEBHOOK_MAX_DELETE); "
+                               "nothing was deleted")
             removed = training.delete_annotations(event.annotation_ids)
             log.info("webhook ANNOTATIONS_DELETED %s: %d samples removed", event.annotation_ids, removed)
             return jsonify(status="ok", action="ANNOTATIONS_DELETED", removed=removed)
@@ -152,6 +188,14 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
     def image_error(exc: ImageError) -> tuple[Response, int]:
         log.warning("image: %s %s", exc.status, exc.message)
         return jsonify(error=exc.message), exc.status
+
+    @app.errorhandler(OSError)
+    def storage_error(exc: OSError) -> tuple[Response, int]:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # disk full: say so, keep serving clicks
+            log.error("storage full: %s", exc)
+            return jsonify(error="the backend's storage is full; nothing was stored (free space under MODEL_DIR)"), 507
+        log.exception("unexpected I/O error")
+        return jsonify(error=f"internal error: {type(exc).__name__}"), 500
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:

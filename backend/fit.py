@@ -158,7 +158,8 @@ def image_loader(settings: Settings, cache_items: int | None = None) -> ImageLoa
     return ImageLoader(auth=auth, local_files_root=settings.local_files_root, max_bytes=settings.max_image_bytes,
                        max_pixels=settings.max_image_pixels,
                        cache_items=settings.image_cache_items if cache_items is None else cache_items,
-                       timeout=10.0, allow_private_hosts=settings.allow_private_urls)
+                       timeout=10.0, allow_private_hosts=settings.allow_private_urls,
+                       cache_bytes=settings.image_cache_mb << 20)
 
 
 def predictor_options(settings: Settings) -> dict[str, Any]:
@@ -220,6 +221,30 @@ def next_version(model_dir: Path, base: str) -> str:
             if m:
                 numbers.append(int(m.group(1)))
     return f"{base}-v{max(numbers) + 1}"
+
+
+def prune_versions(model_dir: Path, promoted: list[dict[str, Any]], keep: int) -> list[str]:
+    """Delete the checkpoint files of all but the newest ``keep`` promoted versions (each is about 12 MB).
+
+    The pointer keeps every entry as history; the served version is the newest, so it always stays. Returns the
+    versions whose files were deleted. ``keep`` < 1 keeps everything.
+    """
+    if keep < 1:
+        return []
+    removed = []
+    for entry in promoted[:-keep]:
+        rel = entry.get("checkpoint")
+        if not isinstance(rel, str):
+            continue
+        path = Path(model_dir) / rel
+        if path.parent.name != VERSIONS_DIR or not path.is_file():
+            continue  # never delete outside versions/; already gone
+        try:
+            path.unlink()
+            removed.append(str(entry.get("version")))
+        except OSError as exc:
+            log.warning("cannot prune %s: %s", path, exc)
+    return removed
 
 
 @dataclass

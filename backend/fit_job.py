@@ -38,6 +38,7 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -52,7 +53,7 @@ from model import FCFIPredictor
 from model.evaluate import evaluate_sample
 from model.metrics import noc
 from model.train import fcfi_loss, lr_at, make_batch, param_groups, set_lr, simulate_and_forward
-from model.train_data import AugmentConfig, LoadedImage, SampleMaker
+from model.train_data import AugmentConfig, SampleMaker, TrainImage
 
 from .fit import (
     FIT_DIR,
@@ -70,6 +71,7 @@ from .fit import (
     next_version,
     now,
     predictor_options,
+    prune_versions,
     read_pointer,
     save_checkpoint_atomic,
     settings_from_json,
@@ -186,7 +188,7 @@ class FitJob:
         return out
 
     def training_images(self, samples: list[tuple[SampleRow, np.ndarray, np.ndarray]],
-                        skipped: list[str]) -> list[LoadedImage]:
+                        skipped: list[str]) -> list[TrainImage]:
         """Images scaled to at most ``FIT_CROP`` px on the long side, as :class:`model.train_data.SampleMaker` wants."""
         out = []
         for row, rgb, mask in samples:
@@ -200,7 +202,7 @@ class FitJob:
                                f"{rgb.shape[1]}x{rgb.shape[0]})")
                 continue
             labels = mask.astype(np.uint8) * np.uint8(255)
-            out.append(LoadedImage(np.ascontiguousarray(rgb), labels, [(255,)], f"task{row.task_id}"))
+            out.append(TrainImage(np.ascontiguousarray(rgb), labels, [(255,)], f"task{row.task_id}"))
         return out
 
     # -- evaluation and training -------------------------------------------------------------------------------------
@@ -221,7 +223,7 @@ class FitJob:
                 "noc90": float(np.mean([noc(c, 0.90, n) for c in curves])),
                 "miou": float(np.mean([np.mean(c) for c in curves])), "n": len(curves), "clicks": n}
 
-    def train(self, net: nn.Module, images: list[LoadedImage]) -> dict[str, float]:
+    def train(self, net: nn.Module, images: list[TrainImage]) -> dict[str, float]:
         """Fine-tune ``net`` in place; returns the first and last loss."""
         t0 = time.perf_counter()
         s = self.s
@@ -299,7 +301,12 @@ class FitJob:
                 "after": after, "samples": counts, "steps": self.s.fit_steps, "lr": self.s.fit_lr}
         if not promote:
             path = self.model_dir / FIT_DIR / REJECTED
-            save_checkpoint_atomic(net, path, {**meta, "model_version": f"{base}-rejected-job{self.job_id}"})
+            try:
+                save_checkpoint_atomic(net, path, {**meta, "model_version": f"{base}-rejected-job{self.job_id}"})
+            except OSError as exc:  # the decision stands; only the copy kept for inspection is lost
+                log.warning("fit job %s: the rejected candidate could not be written (%s)", self.job_id, exc)
+                return {**result, "status": "rejected", "candidate": None,
+                        "candidate_error": f"not written: {exc.strerror or exc}"}
             return {**result, "status": "rejected", "candidate": str(path.relative_to(self.model_dir))}
 
         version = next_version(self.model_dir, base)
@@ -310,10 +317,11 @@ class FitJob:
                  "parent": serving.version, "job_id": self.job_id, "promoted_at": now(), "before": before,
                  "after": after}
         # The commit point: from here on the app serves the new version (and a crash still counts as promoted).
+        promoted = [*pointer.get("promoted", []), entry]
         atomic_write_json(self.model_dir / POINTER, {
-            "schema": 1, "serving": version, "checkpoint": entry["checkpoint"], "base": base,
-            "promoted": [*pointer.get("promoted", []), entry]})
-        return {**result, "status": "promoted", "version": version}
+            "schema": 1, "serving": version, "checkpoint": entry["checkpoint"], "base": base, "promoted": promoted})
+        pruned = prune_versions(self.model_dir, promoted, self.s.fit_keep_versions)
+        return {**result, "status": "promoted", "version": version, "pruned": pruned}
 
 
 def _hold_lock(settings: Settings, lock_fd: int | None) -> int | None:
@@ -358,6 +366,24 @@ def execute(settings: Settings, state: FitState, job_id: int, expected_base: str
     return final
 
 
+def exit_with_parent(parent: int, interval: float = 1.0) -> threading.Thread:
+    """End this process (status 143, as SIGTERM would) once ``parent`` is gone, e.g. the app was stopped.
+
+    The job's partial work is lost, which is safe: samples, versions and the pointer are only ever replaced
+    atomically, and the next app start marks the job interrupted.
+    """
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                log.warning("the app (pid %d) is gone; stopping this fit job", parent)
+                os._exit(143)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one queued job; exit code 0 when it ended promoted/rejected/failed as recorded, 2 on usage, 3 if busy."""
     ap = argparse.ArgumentParser(prog="python -m backend.fit_job", description=__doc__.split("\n\n")[0])
@@ -368,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s fit-job-{args.job_id}[%(process)d]: %(message)s")
     configure_process(settings)
+    if args.lock_fd is not None:  # a child of the app: it must not outlive the app (SIGTERM, crash)
+        exit_with_parent(os.getppid())
 
     lock = _hold_lock(settings, args.lock_fd)
     if lock is None:

@@ -213,7 +213,7 @@ def _describe_raw(url: str) -> str:
 def _scale_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     """16-bit / 32-bit / float single-channel data to uint8 (16-bit: divide by 257; others by their range)."""
     if mode.startswith("I;16"):
-        return (arr.astype(np.uint32) * 255 + 32767) // 65535
+        return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     data = arr.astype(np.float64)
     finite = data[np.isfinite(data)]
     top = float(finite.max()) if finite.size else 0.0
@@ -257,12 +257,13 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
 class ImageLoader:
     """Resolve, download, check, decode and cache task images (see the module docstring for the rules).
 
-    Arguments are explicit (nothing is read from the environment): ``auth`` for Label Studio (None: Label Studio
-    paths are refused), ``local_files_root`` (None: local paths off), ``max_bytes`` per download,
-    ``max_pixels`` per image, ``cache_items`` decoded images kept (0: no cache), ``timeout`` seconds per
-    download (connect, each read, and in total), ``allow_private_hosts`` for plain URLs. ``guard`` may replace
-    the address policy (tests); every connection goes through a :class:`~backend.safe_http.GuardedSession`, never
-    through a proxy (with one the guard could not see where a request really goes). Thread-safe.
+    Arguments are explicit (nothing is read from the environment): ``auth`` for Label Studio (None: Label
+    Studio paths are refused), ``local_files_root`` (None: local paths off), ``max_bytes`` per download,
+    ``max_pixels`` per image, ``cache_items`` decoded images kept (0: no cache) in at most ``cache_bytes``,
+    ``timeout`` seconds per download (connect, each read, and in total), ``allow_private_hosts`` for plain
+    URLs. ``guard`` may replace the address policy (tests); every connection goes through a
+    :class:`~backend.safe_http.GuardedSession`, never through a proxy (with one the guard could not see where a
+    request really goes). Thread-safe.
     """
 
     def __init__(
@@ -275,6 +276,7 @@ class ImageLoader:
         timeout: float,
         allow_private_hosts: bool,
         *,
+        cache_bytes: int = 512 << 20,
         guard: AddressGuard | None = None,
     ) -> None:
         if max_bytes <= 0 or max_pixels <= 0 or cache_items < 0 or timeout <= 0:
@@ -284,6 +286,8 @@ class ImageLoader:
         self.max_bytes = int(max_bytes)
         self.max_pixels = int(max_pixels)
         self.cache_items = int(cache_items)
+        self.cache_bytes = int(cache_bytes)
+        self._cached_bytes = 0
         self.timeout = float(timeout)
         self.allow_private_hosts = bool(allow_private_hosts)
         ls_origin = origin_of(auth.base_url) if auth is not None and auth.base_url else None
@@ -335,11 +339,14 @@ class ImageLoader:
             raise
         with self._lock:
             self._inflight.pop(cache_key, None)
-            if self.cache_items > 0:
+            if self.cache_items > 0 and image.rgb.nbytes <= self.cache_bytes:
                 self._cache[cache_key] = image
+                self._cached_bytes += image.rgb.nbytes
                 self._cache.move_to_end(cache_key)
-                while len(self._cache) > self.cache_items:
-                    self._cache.popitem(last=False)
+                # Bounded by count and by bytes: 16 images of 50 MP would otherwise hold 2.4 GB.
+                while len(self._cache) > self.cache_items or self._cached_bytes > self.cache_bytes:
+                    _, old = self._cache.popitem(last=False)
+                    self._cached_bytes -= old.rgb.nbytes
         future.set_result(image)
         return image
 
@@ -347,6 +354,7 @@ class ImageLoader:
         """Drop all cached images."""
         with self._lock:
             self._cache.clear()
+            self._cached_bytes = 0
 
     def cached(self) -> int:
         """Number of decoded images in the cache."""

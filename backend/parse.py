@@ -87,10 +87,20 @@ def project_id(project: str | None) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+MAX_ID = 2**63 - 1  # Label Studio ids are 64-bit database keys
+MAX_LABEL_CHARS = 1000
+
+
 def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRequest(f"{where} must be a finite number")
-    return float(value)
+    try:
+        number = float(value)  # an int of 400 digits overflows here
+    except OverflowError:
+        raise BadRequest(f"{where} must be a finite number") from None
+    if not math.isfinite(number):
+        raise BadRequest(f"{where} must be a finite number")
+    return number
 
 
 def click_job(request: PredictRequest, task: dict[str, Any], max_clicks: int) -> ClickJob | None:
@@ -118,6 +128,9 @@ def click_job(request: PredictRequest, task: dict[str, Any], max_clicks: int) ->
         names = value.get("keypointlabels") or value.get("labels")
         if not isinstance(names, list) or not names or not isinstance(names[0], str):
             raise BadRequest(f"context.result[{i}].value.keypointlabels must be a non-empty list of strings")
+        if len(names[0]) > MAX_LABEL_CHARS:
+            raise BadRequest(f"context.result[{i}] has a label of {len(names[0]):,} characters; at most "
+                             f"{MAX_LABEL_CHARS} are accepted")
         labels.append(names[0])
     label = labels[-1]
     chosen = [r for r, lab in zip(points, labels, strict=True) if lab == label]
@@ -154,6 +167,7 @@ def click_job(request: PredictRequest, task: dict[str, Any], max_clicks: int) ->
         if "image_rotation" in r:
             rotation = _number(r["image_rotation"], f"context.result[{i}].image_rotation")
     task_id = task.get("id")
-    return ClickJob(task_id if isinstance(task_id, int) else None, project_id(request.project), url, label,
+    valid_id = isinstance(task_id, int) and not isinstance(task_id, bool) and 0 <= task_id <= MAX_ID
+    return ClickJob(task_id if valid_id else None, project_id(request.project), url, label,
                     brush, to_name or (brush.to_names[0] if brush.to_names else "image"), width, height,
                     rotation, tuple(clicks))

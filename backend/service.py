@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import ServiceError
+from .errors import ServiceError, TooLarge
 from .feedback import FeedbackStore, prefix_keys
 from .parse import ClickJob, click_job, parse_predict
 from .rle import encode_mask
@@ -47,8 +47,10 @@ class PredictService:
     """
 
     def __init__(self, worker: InferenceWorker, images: Any, store: FeedbackStore, max_clicks: int = 200,
-                 timeout: float = 60.0, threshold: float = 0.49, hot_bytes: int = 128 << 20) -> None:
+                 timeout: float = 60.0, threshold: float = 0.49, hot_bytes: int = 128 << 20,
+                 max_interactive_tasks: int = 1) -> None:
         self.worker = worker
+        self.max_interactive_tasks = max_interactive_tasks
         self.images = images
         self.states = StateCache(store, hot_bytes)
         self.max_clicks = max_clicks
@@ -59,9 +61,13 @@ class PredictService:
         """Returns (response body, timings, network passes)."""
         timings = Timings()
         request = parse_predict(payload)
+        jobs = [click_job(request, task, self.max_clicks) for task in request.tasks]
+        interactive = sum(job is not None for job in jobs)
+        if interactive > self.max_interactive_tasks:  # one request must not hold the model for everyone
+            raise TooLarge(f"{interactive} tasks with clicks in one request; at most {self.max_interactive_tasks} "
+                           "(MAX_INTERACTIVE_TASKS)")
         results, passes = [], 0
-        for task in request.tasks:
-            job = click_job(request, task, self.max_clicks)
+        for job in jobs:
             if job is None:  # batch pre-annotation: nothing to segment without clicks
                 results.append({"result": [], "score": 0.0, "model_version": self.worker.model_version})
                 continue
@@ -103,8 +109,13 @@ class PredictService:
         mask = out.probs > self.threshold
         score = float(out.probs[mask].mean()) if mask.any() else 0.0
         width, height = job.width or w, job.height or h
-        if (height, width) != (h, w):
-            log.warning("image is %dx%d but Label Studio says %dx%d; resizing the mask", w, h, width, height)
+        if abs(width - w) > 1 or abs(height - h) > 1:
+            # The claimed size is not trusted beyond rounding (100000x100000 would allocate 10 GB): answer at the
+            # decoded size, which is the image's natural size Label Studio itself measures.
+            log.warning("image is %dx%d but the request says %dx%d; answering at the image's size", w, h,
+                        min(width, 10**9), min(height, 10**9))
+            width, height = w, h
+        elif (height, width) != (h, w):
             mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
         rle = encode_mask(mask)
         t = timings.add("encode", t)

@@ -9,10 +9,15 @@
 | ``LABEL_STUDIO_API_KEY`` | unset | legacy token or personal access token (``LABEL_STUDIO_ACCESS_TOKEN`` also read) |
 | ``LOCAL_FILES_ROOT`` | unset (off) | allow plain local paths under this folder |
 | ``ALLOW_PRIVATE_URLS`` | ``false`` | fetch plain URLs on private / loopback addresses (other than Label Studio's) |
-| ``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS`` | unset (off) | basic auth on all routes but ``/health``, ``/webhook`` |
+| ``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS`` | unset (off) | basic auth on every route but ``/health`` |
+| ``WEBHOOK_SECRET`` | unset | ``/webhook`` requires header ``X-Webhook-Secret: <secret>`` (or the basic auth) |
+| ``WEBHOOK_MAX_DELETE`` | ``100`` | ``ANNOTATIONS_DELETED`` events naming more annotations are refused (413) |
+| ``MAX_REQUEST_MB`` | ``32`` | larger request bodies are refused (413) before they are read |
+| ``MAX_INTERACTIVE_TASKS`` | ``1`` | tasks per ``/predict`` request that carries clicks (Label Studio sends one) |
 | ``MAX_IMAGE_PIXELS`` | ``50000000`` | larger images are refused (413) |
 | ``MAX_IMAGE_BYTES`` | ``100000000`` | larger downloads are refused (413) |
 | ``IMAGE_CACHE_ITEMS`` | ``16`` | decoded images kept (LRU) |
+| ``IMAGE_CACHE_MB`` | ``512`` | ... and at most this much memory of decoded pixels |
 | ``FEEDBACK_CACHE_MB`` | ``256`` | memory for stored feedback states (LRU) |
 | ``FEEDBACK_HOT_MB`` | ``128`` | memory for recent states kept decoded in process (skips decompression) |
 | ``REDIS_URL`` | unset (in-process store) | e.g. ``redis://redis:6379/0``: shares feedback, fit jobs, versions |
@@ -36,126 +41,98 @@
 | ``FIT_THREADS`` | ``1`` | torch CPU threads of the job process |
 | ``FIT_NICE`` | ``10`` | niceness added to the job process, so serving keeps priority |
 | ``FIT_DEVICE`` | ``DEVICE`` | device of the job process |
+| ``FIT_KEEP_VERSIONS`` | ``5`` | newest promoted versions whose files are kept in ``MODEL_DIR/versions`` |
+
+Each default is written once, in the field below; ``Settings.from_env`` reads the variables the field names.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 
-def _bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
+def _env(default: Any, *names: str, empty_ok: bool = False) -> Any:
+    """A setting read from the first of ``names`` that is set (an empty value counts as unset unless
+    ``empty_ok``), else ``default``."""
+    return field(default=default, metadata={"env": names, "empty_ok": empty_ok})
 
 
-def _int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
-
-
-def _float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value not in (None, "") else default
-
-
-def _str(*names: str) -> str | None:
-    for name in names:
-        value = os.environ.get(name)
-        if value:
-            return value
-    return None
+def _parse(kind: str, raw: str) -> Any:
+    base = kind.replace(" | None", "")
+    if base == "bool":
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if base == "int":
+        return int(raw)
+    if base == "float":
+        return float(raw)
+    if base == "Path":
+        return Path(raw)
+    return raw
 
 
 @dataclass
 class Settings:
-    model_dir: Path = Path("./data/model")
-    checkpoint: str | None = None
-    device: str = "cpu"
-    label_studio_url: str | None = None
-    label_studio_api_key: str | None = None
-    local_files_root: Path | None = None
-    allow_private_urls: bool = False
-    basic_auth_user: str | None = None
-    basic_auth_pass: str | None = None
-    max_image_pixels: int = 50_000_000
-    max_image_bytes: int = 100_000_000
-    image_cache_items: int = 16
-    feedback_cache_mb: int = 256
-    feedback_hot_mb: int = 128
-    redis_url: str | None = None
-    redis_prefix: str = "fcfi:"
-    feedback_ttl_s: int = 3600
-    max_clicks: int = 200
-    queue_size: int = 32
-    request_timeout: float = 60.0
-    zoom_in: bool = True
-    flip: bool = True
-    target_size: int = 480
-    expansion_ratio: float = 3.0
-    max_size: int = 800
-    torch_threads: int | None = None
-    model_version: str | None = None
-    log_level: str = "INFO"
-    fit_every_n_samples: int = 25
-    fit_steps: int = 60
-    fit_batch_size: int = 4
-    fit_lr: float = 2e-4
-    fit_crop: int = 320
-    fit_freeze_bn: bool = True
-    fit_eval_clicks: int = 20
-    fit_max_val_samples: int = 20
-    fit_max_train_samples: int = 500
-    fit_threads: int = 1
-    fit_nice: int = 10
-    fit_device: str | None = None
+    model_dir: Path = _env(Path("./data/model"), "MODEL_DIR")
+    checkpoint: str | None = _env(None, "CHECKPOINT")
+    device: str = _env("cpu", "DEVICE")
+    label_studio_url: str | None = _env(None, "LABEL_STUDIO_URL", "LABEL_STUDIO_HOST")
+    label_studio_api_key: str | None = _env(None, "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN")
+    local_files_root: Path | None = _env(None, "LOCAL_FILES_ROOT")
+    allow_private_urls: bool = _env(False, "ALLOW_PRIVATE_URLS")
+    basic_auth_user: str | None = _env(None, "BASIC_AUTH_USER")
+    basic_auth_pass: str | None = _env(None, "BASIC_AUTH_PASS")
+    webhook_secret: str | None = _env(None, "WEBHOOK_SECRET")
+    webhook_max_delete: int = _env(100, "WEBHOOK_MAX_DELETE")
+    max_request_mb: int = _env(32, "MAX_REQUEST_MB")
+    max_interactive_tasks: int = _env(1, "MAX_INTERACTIVE_TASKS")
+    max_image_pixels: int = _env(50_000_000, "MAX_IMAGE_PIXELS")
+    max_image_bytes: int = _env(100_000_000, "MAX_IMAGE_BYTES")
+    image_cache_items: int = _env(16, "IMAGE_CACHE_ITEMS")
+    image_cache_mb: int = _env(512, "IMAGE_CACHE_MB")
+    feedback_cache_mb: int = _env(256, "FEEDBACK_CACHE_MB")
+    feedback_hot_mb: int = _env(128, "FEEDBACK_HOT_MB")
+    redis_url: str | None = _env(None, "REDIS_URL")
+    redis_prefix: str = _env("fcfi:", "REDIS_PREFIX", empty_ok=True)
+    feedback_ttl_s: int = _env(3600, "FEEDBACK_TTL_S")
+    max_clicks: int = _env(200, "MAX_CLICKS")
+    queue_size: int = _env(32, "QUEUE_SIZE")
+    request_timeout: float = _env(60.0, "REQUEST_TIMEOUT")
+    zoom_in: bool = _env(True, "ZOOM_IN")
+    flip: bool = _env(True, "FLIP")
+    target_size: int = _env(480, "TARGET_SIZE")
+    expansion_ratio: float = _env(3.0, "EXPANSION_RATIO")
+    max_size: int = _env(800, "MAX_SIZE")
+    torch_threads: int | None = _env(None, "TORCH_THREADS")
+    model_version: str | None = _env(None, "MODEL_VERSION")
+    log_level: str = _env("INFO", "LOG_LEVEL")
+    fit_every_n_samples: int = _env(25, "FIT_EVERY_N_SAMPLES")
+    fit_steps: int = _env(60, "FIT_STEPS")
+    fit_batch_size: int = _env(4, "FIT_BATCH_SIZE")
+    fit_lr: float = _env(2e-4, "FIT_LR")
+    fit_crop: int = _env(320, "FIT_CROP")
+    fit_freeze_bn: bool = _env(True, "FIT_FREEZE_BN")
+    fit_eval_clicks: int = _env(20, "FIT_EVAL_CLICKS")
+    fit_max_val_samples: int = _env(20, "FIT_MAX_VAL_SAMPLES")
+    fit_max_train_samples: int = _env(500, "FIT_MAX_TRAIN_SAMPLES")
+    fit_threads: int = _env(1, "FIT_THREADS")
+    fit_nice: int = _env(10, "FIT_NICE")
+    fit_device: str | None = _env(None, "FIT_DEVICE")
+    fit_keep_versions: int = _env(5, "FIT_KEEP_VERSIONS")
+
+    def __post_init__(self) -> None:
+        if self.label_studio_url is not None:
+            self.label_studio_url = self.label_studio_url.rstrip("/") or None
 
     @classmethod
     def from_env(cls) -> Settings:
-        root = _str("LOCAL_FILES_ROOT")
-        threads = _str("TORCH_THREADS")
-        return cls(
-            model_dir=Path(_str("MODEL_DIR") or "./data/model"),
-            checkpoint=_str("CHECKPOINT"),
-            device=_str("DEVICE") or "cpu",
-            label_studio_url=(_str("LABEL_STUDIO_URL", "LABEL_STUDIO_HOST") or "").rstrip("/") or None,
-            label_studio_api_key=_str("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"),
-            local_files_root=Path(root) if root else None,
-            allow_private_urls=_bool("ALLOW_PRIVATE_URLS", False),
-            basic_auth_user=_str("BASIC_AUTH_USER"),
-            basic_auth_pass=_str("BASIC_AUTH_PASS"),
-            max_image_pixels=_int("MAX_IMAGE_PIXELS", 50_000_000),
-            max_image_bytes=_int("MAX_IMAGE_BYTES", 100_000_000),
-            image_cache_items=_int("IMAGE_CACHE_ITEMS", 16),
-            feedback_cache_mb=_int("FEEDBACK_CACHE_MB", 256),
-            feedback_hot_mb=_int("FEEDBACK_HOT_MB", 128),
-            redis_url=_str("REDIS_URL"),
-            redis_prefix=os.environ.get("REDIS_PREFIX", "fcfi:"),
-            feedback_ttl_s=_int("FEEDBACK_TTL_S", 3600),
-            max_clicks=_int("MAX_CLICKS", 200),
-            queue_size=_int("QUEUE_SIZE", 32),
-            request_timeout=_float("REQUEST_TIMEOUT", 60.0),
-            zoom_in=_bool("ZOOM_IN", True),
-            flip=_bool("FLIP", True),
-            target_size=_int("TARGET_SIZE", 480),
-            expansion_ratio=_float("EXPANSION_RATIO", 3.0),
-            max_size=_int("MAX_SIZE", 800),
-            torch_threads=int(threads) if threads else None,
-            model_version=_str("MODEL_VERSION"),
-            log_level=_str("LOG_LEVEL") or "INFO",
-            fit_every_n_samples=_int("FIT_EVERY_N_SAMPLES", 25),
-            fit_steps=_int("FIT_STEPS", 60),
-            fit_batch_size=_int("FIT_BATCH_SIZE", 4),
-            fit_lr=_float("FIT_LR", 2e-4),
-            fit_crop=_int("FIT_CROP", 320),
-            fit_freeze_bn=_bool("FIT_FREEZE_BN", True),
-            fit_eval_clicks=_int("FIT_EVAL_CLICKS", 20),
-            fit_max_val_samples=_int("FIT_MAX_VAL_SAMPLES", 20),
-            fit_max_train_samples=_int("FIT_MAX_TRAIN_SAMPLES", 500),
-            fit_threads=_int("FIT_THREADS", 1),
-            fit_nice=_int("FIT_NICE", 10),
-            fit_device=_str("FIT_DEVICE"),
-        )
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            for name in f.metadata["env"]:
+                raw = os.environ.get(name)
+                if raw is not None and (raw != "" or f.metadata["empty_ok"]):
+                    values[f.name] = _parse(str(f.type), raw)
+                    break
+        return cls(**values)

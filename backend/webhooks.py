@@ -47,6 +47,7 @@ import numpy as np
 from .errors import BadRequest, Unprocessable
 from .images import CLOUD_SCHEMES, LS_PATH_PREFIXES
 from .labelconfig import LabelConfig, parse_label_config
+from .parse import MAX_ID
 from .rle import RLEError, decode_rle
 
 __all__ = [
@@ -176,7 +177,7 @@ def _as_id(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value if value >= 0 else None
+        return value if 0 <= value <= MAX_ID else None  # ids are 64-bit keys (SQLite's INTEGER too)
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
         return int(value)
     return None

@@ -149,7 +149,10 @@ def test_basic_auth(checkpoint, label_studio) -> None:
         assert requests.post(s.url + "/setup", json={}, auth=("ls", "wrong"), timeout=5).status_code == 401
         assert requests.post(s.url + "/setup", json={}, auth=("ls", "secret"), timeout=5).status_code == 200
         assert requests.get(s.url + "/health", timeout=5).status_code == 200  # open for Label Studio's probe
-        assert requests.post(s.url + "/webhook", json={"action": "X"}, timeout=5).status_code == 200
+        # With basic auth set, /webhook is no longer open: basic auth (Label Studio's ML client) works.
+        assert requests.post(s.url + "/webhook", json={"action": "X"}, timeout=5).status_code == 401
+        assert requests.post(s.url + "/webhook", json={"action": "X"}, auth=("ls", "secret"),
+                             timeout=5).status_code == 200
     finally:
         s.stop()
 
@@ -173,4 +176,5 @@ def test_webhook_stores_removes_and_rejects(server) -> None:
     bad = {"action": "ANNOTATION_CREATED", "annotation": {"id": "x"}}
     r = requests.post(server.url + "/webhook", json=bad, timeout=5)
     assert r.status_code == 400 and r.json()["error"]
-    assert requests.post(server.url + "/webhook", data=b"{", timeout=5).status_code == 400
+    assert requests.post(server.url + "/webhook", data=b"{", headers={"Content-Type": "application/json"},
+                         timeout=5).status_code == 400
