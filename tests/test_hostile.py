@@ -227,3 +227,198 @@ def test_errors_do_not_tell_open_ports_from_closed(guarded_backend, internal) ->
             answers.append((r.status_code, r.json()["error"].replace(str(port), "PORT")))
     assert answers[0] == answers[1] and answers[0][0] == 403
     assert internal.requests == []
+
+
+# -- /webhook: authenticated, JSON only, bounded -----------------------------------------------------------------------
+
+SECRET = "s3cret-" + "x" * 20
+
+
+@pytest.fixture(scope="module")
+def secret_backend(checkpoint, ls) -> Iterator[Server]:
+    server = Server(settings_for(checkpoint, ls, webhook_secret=SECRET, webhook_max_delete=100, max_request_mb=8))
+    yield server
+    server.stop()
+
+
+def created(annotation_id: int = 11, task_id: int = 7) -> dict:
+    from support import CONFIG, H, W
+
+    from backend.rle import encode_mask
+
+    region = {"id": "r1", "type": "brushlabels", "from_name": "tag", "to_name": "image", "original_width": W,
+              "original_height": H, "image_rotation": 0,
+              "value": {"format": "rle", "rle": encode_mask(OBJ), "brushlabels": ["Object"]}}
+    return {"action": "ANNOTATION_CREATED", "project": {"id": 3, "label_config": CONFIG},
+            "task": {"id": task_id, "data": {"image": UPLOAD}},
+            "annotation": {"id": annotation_id, "task": task_id, "project": 3, "result": [region],
+                           "was_cancelled": False}}
+
+
+def hook(server: Server, payload, secret: str | None = SECRET, **kwargs) -> requests.Response:
+    headers = kwargs.pop("headers", {})
+    if secret is not None:
+        headers["X-Webhook-Secret"] = secret
+    if isinstance(payload, bytes | str):
+        return requests.post(server.url + "/webhook", data=payload, headers=headers, timeout=30, **kwargs)
+    return requests.post(server.url + "/webhook", json=payload, headers=headers, timeout=30, **kwargs)
+
+
+def test_webhook_needs_the_secret_and_json(secret_backend) -> None:
+    import json
+
+    assert hook(secret_backend, created(), secret=None).status_code == 401
+    assert hook(secret_backend, created(), secret="wrong").status_code == 401
+    # What any web page could send: a "simple" text/plain POST, which a browser sends without a CORS preflight.
+    plain = hook(secret_backend, json.dumps(created()), headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 415
+    r = hook(secret_backend, created())
+    assert r.status_code == 200 and r.json()["stored"] == 1
+    assert_still_serving(secret_backend)
+
+
+def test_a_huge_delete_is_refused_and_loses_nothing(secret_backend) -> None:
+    assert hook(secret_backend, created(21, 8)).json()["stored"] == 1
+    ids = [{"id": i} for i in range(100_000)]
+    r = hook(secret_backend, {"action": "ANNOTATIONS_DELETED", "annotations": ids})
+    assert r.status_code == 413 and "nothing was deleted" in r.json()["error"]
+    r = hook(secret_backend, {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 21}]})
+    assert r.status_code == 200 and r.json()["removed"] == 1  # the sample was still there
+
+
+def test_bodies_over_the_limit_are_refused(secret_backend) -> None:
+    big = b'{"action": "X", "pad": "' + b"a" * (9 << 20) + b'"}'
+    r = hook(secret_backend, big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    r = requests.post(secret_backend.url + "/predict", data=big, headers={"Content-Type": "application/json"},
+                      timeout=30)
+    assert r.status_code == 413
+    assert_still_serving(secret_backend)
+
+
+# -- memory: claimed sizes, 16-bit images ----------------------------------------------------------------------------
+
+
+def test_claimed_size_is_not_trusted(guarded_backend) -> None:
+    import time
+
+    click = keypoint(80, 60)
+    click["original_width"] = click["original_height"] = 100_000
+    t0 = time.perf_counter()
+    r = requests.post(guarded_backend.url + "/predict", json=body([click]), timeout=60)
+    assert time.perf_counter() - t0 < 10
+    assert r.status_code == 200
+    region = r.json()["results"][0]["result"][0]
+    assert (region["original_width"], region["original_height"]) == (160, 120)  # the decoded image's size
+
+
+def test_sixteen_bit_images_are_served(guarded_backend, ls) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    grey = np.asarray(Image.open(io.BytesIO(PNG)).convert("L"), np.uint16) * 257
+    for fmt in ("PNG", "TIFF"):
+        buffer = io.BytesIO()
+        sixteen = Image.fromarray(grey)  # uint16 -> mode I;16
+        assert sixteen.mode == "I;16"
+        sixteen.save(buffer, fmt)
+        path = f"/data/upload/1/sixteen.{fmt.lower()}"
+        ls.protected_file(path, buffer.getvalue(), "image/" + fmt.lower())
+        r = predict(guarded_backend, path)
+        assert r.status_code == 200, r.text
+        assert mask_of(r)[60, 80]
+
+
+# -- 400, not 500 -----------------------------------------------------------------------------------------------------
+
+
+def test_malformed_numbers_ids_nesting_and_labels_are_400(secret_backend) -> None:
+    import json
+
+    text = json.dumps(body([keypoint(80, 60)])).replace('"x": 50.0', '"x": ' + "9" * 400)
+    assert "9" * 400 in text
+    r = requests.post(secret_backend.url + "/predict", data=text, headers={"Content-Type": "application/json"},
+                      timeout=30)
+    assert r.status_code == 400 and "finite number" in r.json()["error"]
+    r = hook(secret_backend, created(10**30))
+    assert r.status_code == 400
+    deep = "[" * 100_000 + "]" * 100_000
+    for route in ("/predict", "/webhook"):
+        r = requests.post(secret_backend.url + route, data=deep,
+                          headers={"Content-Type": "application/json", "X-Webhook-Secret": SECRET}, timeout=30)
+        assert r.status_code == 400, (route, r.status_code)
+    label = "L" * (1 << 20)
+    r = requests.post(secret_backend.url + "/predict", json=body([keypoint(80, 60, label=label)]), timeout=30)
+    assert r.status_code == 400 and len(r.content) < 2000  # not echoed
+    assert_still_serving(secret_backend)
+
+
+def test_disk_full_on_webhook_is_507_and_serving_goes_on(secret_backend, monkeypatch) -> None:
+    import errno
+
+    from backend.training_store import TrainingStore
+
+    def full(self, event):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(TrainingStore, "replace_annotation", full)
+    r = hook(secret_backend, created(31, 9))
+    assert r.status_code == 507 and "storage is full" in r.json()["error"]
+    assert_still_serving(secret_backend)
+
+
+# -- the learning path -----------------------------------------------------------------------------------------------
+
+
+def test_old_versions_are_pruned(tmp_path: Path) -> None:
+    from backend.fit import prune_versions
+
+    (tmp_path / "versions").mkdir()
+    promoted = []
+    for n in range(1, 8):
+        (tmp_path / "versions" / f"b-v{n}.pth").write_bytes(b"x")
+        promoted.append({"version": f"b-v{n}", "checkpoint": f"versions/b-v{n}.pth"})
+    promoted.append({"version": "evil", "checkpoint": "../outside.pth"})  # never followed outside versions/
+    (tmp_path.parent / "outside.pth").write_bytes(b"x")
+    assert prune_versions(tmp_path, promoted, 3) == ["b-v1", "b-v2", "b-v3", "b-v4", "b-v5"]
+    assert sorted(p.name for p in (tmp_path / "versions").iterdir()) == ["b-v6.pth", "b-v7.pth"]
+    assert (tmp_path.parent / "outside.pth").exists()
+    assert prune_versions(tmp_path, promoted, 0) == []
+
+
+def test_a_fit_job_does_not_outlive_the_app(tmp_path: Path) -> None:
+    """The app is SIGTERMed while its fit job runs: the job process ends too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    app = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import os, time\\n"
+        "from backend.fit_job import exit_with_parent\\n"
+        "exit_with_parent(os.getppid(), 0.2)\\n"
+        "time.sleep(60)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n")], cwd=root, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(root)})
+    child = int(app.stdout.readline())
+    time.sleep(8.0)  # the child imports torch before it watches
+    app.send_signal(signal.SIGTERM)
+    app.wait(10)
+    def alive(pid: int) -> bool:  # a zombie (exited, not yet reaped by whoever adopted it) counts as gone
+        try:
+            return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:4]
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 20
+    while time.time() < deadline and alive(child):
+        time.sleep(0.1)
+    if alive(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the job process outlived the app")
