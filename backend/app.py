@@ -20,7 +20,7 @@ import torch
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .errors import BadRequest, ServiceError, TooLarge
+from .errors import BadRequest, Overloaded, ServiceError, TooLarge
 from .fit import FitManager, checkpoint_version, image_loader, load_serving, predictor_options, summary
 from .fit_queue import make_fit_queue
 from .images import ImageError
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
     fit = FitManager(settings, training, queue=make_fit_queue(settings))
     if worker is None:
         worker = InferenceWorker(fit.loader, predictor_options(settings), settings.device, settings.queue_size,
-                                 settings.torch_threads).start()
+                                 settings.torch_threads, settings.max_queue_wait_s).start()
     fit.start(worker)
     images = image_loader(settings)
     store = make_feedback_store(settings)  # Redis when REDIS_URL is set, else in-process
@@ -181,8 +181,11 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError) -> tuple[Response, int]:
-        log.warning("%s: %s", exc.status, exc.message)
-        return jsonify(error=exc.message), exc.status
+        log.warning("%s: %s", exc.status, exc.message[:500])
+        response = jsonify(error=exc.message)
+        if isinstance(exc, Overloaded):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response, exc.status
 
     @app.errorhandler(ImageError)
     def image_error(exc: ImageError) -> tuple[Response, int]:

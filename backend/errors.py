@@ -33,3 +33,11 @@ class Unavailable(ServiceError):
     """The model is not ready or the queue is full; Label Studio may retry."""
 
     status = 503
+
+
+class Overloaded(Unavailable):
+    """Shed at admission: the queue ahead is longer than the service answers in time; retry after ``retry_after`` s."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = int(retry_after)

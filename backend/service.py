@@ -66,6 +66,8 @@ class PredictService:
         if interactive > self.max_interactive_tasks:  # one request must not hold the model for everyone
             raise TooLarge(f"{interactive} tasks with clicks in one request; at most {self.max_interactive_tasks} "
                            "(MAX_INTERACTIVE_TASKS)")
+        if interactive:
+            self.worker.admit()  # shed before downloading the image, not after
         results, passes = [], 0
         for job in jobs:
             if job is None:  # batch pre-annotation: nothing to segment without clicks

@@ -3,6 +3,12 @@
 Web threads never touch the network: they submit jobs to a bounded queue and wait for the result.
 The model loads in the worker thread at start-up, so ``/health`` and ``/setup`` answer at once, and
 a new model version can be swapped in between two requests.
+
+Fairness under load: the worker keeps a moving average of how long a job takes, and a click is refused at
+admission (:class:`~backend.errors.Overloaded`, 503 with ``Retry-After``) when the jobs ahead of it would keep
+it waiting longer than ``max_wait`` seconds, so the clicks that are accepted are answered quickly instead of
+every click timing out. Every job carries a deadline; one whose deadline has passed (its client has given up)
+is dropped without running.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 
 from model import Click, FCFIPredictor, PredictorState
 
-from .errors import Unavailable
+from .errors import Overloaded, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +46,13 @@ class InferenceWorker:
     """Owns the predictor. ``load`` returns (network, model_version) and runs in the worker thread."""
 
     def __init__(self, load: Loader, predictor_options: dict[str, Any], device: str = "cpu",
-                 queue_size: int = 32, threads: int | None = None) -> None:
+                 queue_size: int = 32, threads: int | None = None, max_wait: float = 10.0) -> None:
         self._load = load
+        self.max_wait = max_wait
+        self._job_s: float | None = None  # moving average of a job's run time
+        self._busy = 0
+        #: jobs dropped because their deadline passed before they ran (the client had given up).
+        self.dropped = 0
         self._options = predictor_options
         self._device = device
         self._threads = threads
@@ -85,20 +96,42 @@ class InferenceWorker:
             log.exception("model failed to load")
         self._ready.set()
         while True:
-            fn, future = self._queue.get()
+            fn, future, deadline = self._queue.get()
             if not future.set_running_or_notify_cancel():
                 continue
+            if deadline is not None and time.monotonic() > deadline:
+                self.dropped += 1
+                future.set_exception(Unavailable("the request waited past its deadline and was dropped"))
+                continue
+            self._busy = 1
+            t0 = time.perf_counter()
             try:
                 future.set_result(fn())
             except BaseException as exc:
                 future.set_exception(exc)
+            finally:
+                took = time.perf_counter() - t0
+                self._job_s = took if self._job_s is None else 0.8 * self._job_s + 0.2 * took
+                self._busy = 0
 
-    def submit(self, fn: Callable[[], Any]) -> Future:
+    def expected_wait(self) -> float:
+        """Seconds a job submitted now would wait before it runs (0 until a job has been timed)."""
+        return (self._queue.qsize() + self._busy) * (self._job_s or 0.0)
+
+    def admit(self) -> None:
+        """Refuse new work at once when the queue ahead would exceed ``max_wait`` (raises :class:`Overloaded`)."""
+        wait = self.expected_wait()
+        if self.max_wait > 0 and wait > self.max_wait:
+            raise Overloaded(f"the model is busy: about {wait:.0f} s of clicks are waiting (MAX_QUEUE_WAIT_S is "
+                             f"{self.max_wait:g}); try again", retry_after=max(1, round(wait - self.max_wait)))
+
+    def submit(self, fn: Callable[[], Any], deadline: float | None = None) -> Future:
+        """Queue ``fn`` for the worker thread; ``deadline`` (``time.monotonic()``): drop it if not started by then."""
         future: Future = Future()
         try:
-            self._queue.put_nowait((fn, future))
+            self._queue.put_nowait((fn, future, deadline))
         except queue.Full:
-            raise Unavailable("the model is busy (request queue full); try again") from None
+            raise Overloaded("the model is busy (request queue full); try again", retry_after=1) from None
         return future
 
     def wait_ready(self, timeout: float) -> None:
@@ -126,7 +159,8 @@ class InferenceWorker:
             self.passes += done
             return ClickResult(probs, new_state, done, ms)
 
-        future = self.submit(job)
+        self.admit()
+        future = self.submit(job, deadline=time.monotonic() + timeout)
         try:
             return future.result(timeout=timeout)
         except TimeoutError:

@@ -422,3 +422,58 @@ def test_a_fit_job_does_not_outlive_the_app(tmp_path: Path) -> None:
     if alive(child):
         os.kill(child, signal.SIGKILL)
         pytest.fail("the job process outlived the app")
+
+
+# -- fairness under load -----------------------------------------------------------------------------------------------
+
+
+def test_one_request_may_not_carry_many_clicked_tasks(guarded_backend) -> None:
+    payload = body([keypoint(80, 60)])
+    payload["tasks"] = [{"id": 7 + i, "data": {"image": UPLOAD}} for i in range(8)]
+    r = requests.post(guarded_backend.url + "/predict", json=payload, timeout=30)
+    assert r.status_code == 413 and "MAX_INTERACTIVE_TASKS" in r.json()["error"]
+    assert_still_serving(guarded_backend)
+
+
+def test_overload_is_shed_quickly_and_accepted_clicks_are_answered(checkpoint, ls) -> None:
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = Server(settings_for(checkpoint, ls, max_queue_wait_s=0.3, flip=True))
+    try:
+        assert predict(server, UPLOAD).status_code == 200  # times one job
+
+        def click(i: int) -> tuple[int, float, str | None]:
+            t0 = time.perf_counter()
+            r = requests.post(server.url + "/predict", json=body([keypoint(80, 60), keypoint(5 + i % 20, 5, False)]),
+                              timeout=60)
+            return r.status_code, time.perf_counter() - t0, r.headers.get("Retry-After")
+
+        with ThreadPoolExecutor(24) as pool:
+            answers = list(pool.map(click, range(96)))
+        statuses = {s for s, _, _ in answers}
+        assert statuses <= {200, 503}, statuses  # no other error
+        shed = [(t, ra) for s, t, ra in answers if s == 503]
+        assert shed and all(ra and int(ra) >= 1 for _, ra in shed)
+        assert max(t for t, _ in shed) < 1.0  # refused at admission, not after a wait
+        accepted = [t for s, t, _ in answers if s == 200]
+        assert len(accepted) >= 3 and max(accepted) < 10.0  # answered well within REQUEST_TIMEOUT (60 s)
+        assert_still_serving(server)
+    finally:
+        server.stop()
+
+
+def test_jobs_past_their_deadline_are_dropped_unrun() -> None:
+    import time
+
+    from backend.worker import InferenceWorker
+
+    worker = InferenceWorker(lambda: (__import__("torch").nn.Identity(), "v"), {}, queue_size=8).start()
+    worker.wait_ready(30)
+    ran = []
+    gate = worker.submit(lambda: time.sleep(0.3))
+    late = worker.submit(lambda: ran.append(1), deadline=time.monotonic() + 0.05)
+    gate.result(5)
+    with pytest.raises(Exception, match="deadline"):
+        late.result(5)
+    assert ran == [] and worker.dropped == 1
