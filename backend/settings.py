@@ -26,7 +26,7 @@
 | ``MAX_CLICKS`` | ``200`` | more clicks in one request are refused (413) |
 | ``QUEUE_SIZE`` | ``32`` | waiting requests before the service answers 503 |
 | ``REQUEST_TIMEOUT`` | ``60`` | seconds a request may wait for the model (then its job is dropped unrun) |
-| ``MAX_QUEUE_WAIT_S`` | ``10`` | clicks are shed (503, ``Retry-After``) when the queue ahead would take longer |
+| ``MAX_QUEUE_WAIT_S`` | ``5`` | clicks are shed (503, ``Retry-After``) when the queue ahead would take longer |
 | ``ZOOM_IN`` / ``FLIP`` | ``true`` / ``true`` | predictor settings |
 | ``TARGET_SIZE`` / ``EXPANSION_RATIO`` / ``MAX_SIZE`` | ``480`` / ``3.0`` / ``800`` | predictor: px, ratio, px |
 | ``TORCH_THREADS`` | torch's default | CPU threads of the inference worker |
@@ -101,7 +101,7 @@ class Settings:
     max_clicks: int = _env(200, "MAX_CLICKS")
     queue_size: int = _env(32, "QUEUE_SIZE")
     request_timeout: float = _env(60.0, "REQUEST_TIMEOUT")
-    max_queue_wait_s: float = _env(10.0, "MAX_QUEUE_WAIT_S")
+    max_queue_wait_s: float = _env(5.0, "MAX_QUEUE_WAIT_S")
     zoom_in: bool = _env(True, "ZOOM_IN")
     flip: bool = _env(True, "FLIP")
     target_size: int = _env(480, "TARGET_SIZE")

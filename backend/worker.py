@@ -46,7 +46,7 @@ class InferenceWorker:
     """Owns the predictor. ``load`` returns (network, model_version) and runs in the worker thread."""
 
     def __init__(self, load: Loader, predictor_options: dict[str, Any], device: str = "cpu",
-                 queue_size: int = 32, threads: int | None = None, max_wait: float = 10.0) -> None:
+                 queue_size: int = 32, threads: int | None = None, max_wait: float = 5.0) -> None:
         self._load = load
         self.max_wait = max_wait
         self._job_s: float | None = None  # moving average of a job's run time

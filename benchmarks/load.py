@@ -16,8 +16,12 @@ Exits with 1 when any request failed.
 On one machine the replicas share its cores: ``--torch-threads`` defaults to cores // R per replica, so the
 comparison is one process using every core against R processes splitting them.
 
+Overload case (``--overload 32x60``): one gunicorn replica without Redis, 32 clients clicking 10-click sessions
+back to back for 60 s. Prints the accepted clicks' median and p95 latency, the answer time of shed requests (503
+with ``Retry-After``), the count of any other 5xx (must be 0) and the replica's resident memory before and after.
+
 Usage: python -m benchmarks.load [--checkpoint PATH] [--annotators 1,4,16] [--replicas 1,2] [--clicks 10]
-       [--sessions 1] [--size 1155x866] [--server gunicorn|flask] [--torch-threads N]
+       [--sessions 1] [--size 1155x866] [--server gunicorn|flask] [--torch-threads N] [--overload CxS]
 """
 
 from __future__ import annotations
@@ -198,6 +202,72 @@ def run_config(urls: list[str], annotators: int, sessions: int, images: list[tup
     return run, time.perf_counter() - t0
 
 
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (gunicorn: master + worker), MB."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+            todo += [int(c) for c in children]
+        except (OSError, ValueError):
+            continue
+    return round(total / 1024, 1)
+
+
+def run_overload(url: str, clients: int, seconds: float, images: list[tuple[str, np.ndarray]], clicks: int,
+                 w: int, h: int) -> dict:
+    """``clients`` threads click sessions back to back for ``seconds``; every answer is classified."""
+    records: list[tuple[int, float, bool]] = []  # status, seconds, has Retry-After
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client(k: int) -> None:
+        http = requests.Session()
+        path, obj = images[k % len(images)]
+        s = 0
+        while time.monotonic() < stop_at:
+            task_id = 900_000 + 1000 * k + s
+            seq = session_clicks(obj, clicks, seed=task_id)
+            n = 1
+            while n <= clicks and time.monotonic() < stop_at:
+                t0 = time.perf_counter()
+                try:
+                    r = http.post(url + "/predict", json=predict_payload(task_id, path, w, h, seq[:n]), timeout=600)
+                    status, retry = r.status_code, "Retry-After" in r.headers
+                except requests.RequestException:
+                    status, retry = 599, False
+                took = time.perf_counter() - t0
+                with lock:
+                    records.append((status, took, retry))
+                if status == 200:
+                    n += 1
+                else:
+                    time.sleep(0.2)  # a client that was told to retry waits a little, as Label Studio's user would
+            s += 1
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ok = [t for s, t, _ in records if s == 200]
+    shed = [t for s, t, r in records if s == 503 and r]
+    other = [s for s, _, r in records if s >= 500 and not (s == 503 and r)]
+
+    def pct(values: list[float], q: float) -> float | None:
+        return round(float(np.percentile(values, q)) * 1000, 1) if values else None
+
+    return {"clients": clients, "seconds": seconds, "requests": len(records), "accepted": len(ok),
+            "accepted_ms": {"median": pct(ok, 50), "p95": pct(ok, 95)}, "shed": len(shed),
+            "shed_ms": {"median": pct(shed, 50), "p95": pct(shed, 95), "max": pct(shed, 100)},
+            "other_5xx": len(other), "other_statuses": sorted(set(other)),
+            "timed_out_share": round(sum(t >= 59 for t in ok) / max(1, len(records)), 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
@@ -207,10 +277,14 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=1, help="sessions per annotator")
     ap.add_argument("--size", default="1155x866", help="image WxH (default about 1 megapixel)")
     ap.add_argument("--server", choices=["gunicorn", "flask"], default="gunicorn")
-    ap.add_argument("--http-threads", type=int, default=8, help="gunicorn threads per replica")
+    ap.add_argument("--http-threads", type=int, default=32, help="gunicorn threads per replica (as the README serves)")
     ap.add_argument("--torch-threads", type=int, default=0, help="per replica; 0: cores // replicas")
     ap.add_argument("--redis-server", default=os.environ.get("REDIS_SERVER") or shutil.which("redis-server"))
+    ap.add_argument("--overload", default=None, metavar="CxS", help="only the overload case: C clients for S seconds")
     args = ap.parse_args()
+    if args.overload:
+        overload_main(args)
+        return
 
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
@@ -286,6 +360,40 @@ def main() -> None:
     if errors:
         sys.exit(1)
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def overload_main(args: argparse.Namespace) -> None:
+    clients, seconds = (int(x) for x in args.overload.lower().split("x"))
+    w, h = (int(x) for x in args.size.lower().split("x"))
+    files, images = {}, []
+    for k in range(min(clients, 8) + 1):
+        data, obj = make_image(k, w, h)
+        files[f"/data/upload/1/over-{k}.jpg"] = data
+        images.append((f"/data/upload/1/over-{k}.jpg", obj))
+    file_server = serve_files(files)
+    workdir = Path(tempfile.mkdtemp(prefix="fcfi-overload-"))
+    procs = Procs(workdir)
+    try:
+        threads = args.torch_threads or (os.cpu_count() or 1)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "LABEL_STUDIO_"))}
+        env.update(CHECKPOINT=str(Path(args.checkpoint).resolve()), LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
+                   LABEL_STUDIO_URL=f"http://127.0.0.1:{file_server.server_port}", LABEL_STUDIO_API_KEY=TOKEN,
+                   TORCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+        (url,), (proc,) = start_replicas(procs, 1, env, args.server, args.http_threads)
+        warm = images[-1]
+        requests.post(url + "/predict", json=predict_payload(1, warm[0], w, h, session_clicks(warm[1], 1, 0)),
+                      timeout=600).raise_for_status()
+        rss_before = tree_rss_mb(proc.pid)
+        result = run_overload(url, clients, seconds, images[:-1], args.clicks, w, h)
+        result.update(rss_mb_before=rss_before, rss_mb_after=tree_rss_mb(proc.pid), torch_threads=threads,
+                      image=[h, w], server=args.server, checkpoint=Path(args.checkpoint).name)
+    finally:
+        procs.stop_all()
+        file_server.shutdown()
+    print(json.dumps({"overload": result}))
+    shutil.rmtree(workdir, ignore_errors=True)
+    if result["other_5xx"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
