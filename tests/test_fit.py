@@ -389,3 +389,19 @@ def test_next_version_never_reuses_a_number(tmp_path) -> None:
     (tmp_path / "versions" / "m-1-v5.pth").write_bytes(b"")  # left by a job killed before its commit
     assert fit.next_version(tmp_path, "m-1") == "m-1-v6"
     assert fit.next_version(tmp_path, "other") == "other-v1"
+
+
+def test_a_rejected_candidate_that_cannot_be_written_is_still_rejected(checkpoint, label_studio, tmp_path) -> None:
+    model_dir = tmp_path / "model"
+    (model_dir / fit.FIT_DIR / fit.REJECTED).mkdir(parents=True)  # a folder where the file would go: unwritable
+    server = Server(fit_settings(checkpoint, label_studio, model_dir, fit_lr=0.5))  # breaks the tiny network
+    try:
+        for task in TRAIN_TASKS + VAL_TASKS:
+            assert annotate(server, task).status_code == 200
+        answer, _ = start_training(server)
+        job = server.wait_job(answer["job"]["id"])
+        assert job["status"] == "rejected", job  # not "failed": the decision does not depend on the copy
+        assert job["candidate"] is None and "not written" in job["candidate_error"]
+        assert server.get("/versions") == {"versions": [BASE]}
+    finally:
+        server.stop()
