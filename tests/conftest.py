@@ -6,6 +6,8 @@ run on a network that really responds to clicks, without shipped weights or data
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -69,3 +71,12 @@ def train_tiny_net(steps: int = 120) -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def tiny_net() -> torch.nn.Module:
     return train_tiny_net()
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tiny_net: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny network as a checkpoint file (model version ``tiny-1``); modules that need another version
+    define their own ``checkpoint``."""
+    from model import save_checkpoint
+
+    return save_checkpoint(tiny_net, tmp_path_factory.mktemp("ck") / "tiny.pth", meta={"model_version": "tiny-1"})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +11,6 @@ import requests
 from ls_stub import FakeLabelStudio, StubServer
 from PIL import Image
 from support import CONFIG, H, Server, W, body, keypoint, mask_of, scene, settings_for
-
-from model import save_checkpoint
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_net, tmp_path_factory) -> Path:
-    return save_checkpoint(tiny_net, tmp_path_factory.mktemp("ck") / "tiny.pth", meta={"model_version": "tiny-1"})
 
 
 @pytest.fixture(scope="module")

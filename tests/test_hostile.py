@@ -20,15 +20,9 @@ from support import Server, body, keypoint, mask_of, scene, settings_for
 
 from backend import safe_http
 from backend.safe_http import UnsafeURLError, check_url, is_public_address, origin
-from model import save_checkpoint
 
 PNG, OBJ = scene()
 UPLOAD = "/data/upload/1/scene.png"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_net, tmp_path_factory) -> Path:
-    return save_checkpoint(tiny_net, tmp_path_factory.mktemp("ck") / "tiny.pth", meta={"model_version": "tiny-1"})
 
 
 @pytest.fixture(scope="module")
