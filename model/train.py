@@ -56,6 +56,7 @@ from .leak_guard import evaluation_images, find_matches
 from .losses import normalized_focal_loss
 from .sampling import next_click
 from .train_data import TRAIN_SETS, AugmentConfig, SampleMaker, build_index, load_entries, save_data_list
+from .validation import validate
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[list[tuple[float, float, bool]]]]
 
@@ -388,31 +389,6 @@ def main(argv: list[str] | None = None) -> None:
     pool.shutdown()
     if stop == args.steps:
         save_checkpoint(shipped, out / "final.pth", meta={**meta, "step": args.steps})
-
-
-def validate(net: nn.Module, root: Path, entries: list, device: torch.device, n_clicks: int = 20,
-             zoom_in: bool = True) -> dict[str, float]:
-    """NoC@85/90, NoF@90 and mean IoU after the first click on held-out objects, with the evaluation's
-    clicker and Zoom-In (no flip). A sample stops once it reaches 90% IoU, which fixes both NoCs."""
-    from .evaluate import evaluate_sample
-    from .metrics import noc
-    from .predictor import FCFIPredictor
-
-    was_training = net.training
-    net.eval()
-    predictor = FCFIPredictor(net, device=device, zoom_in=zoom_in, flip=False)
-    rows = []
-    with torch.no_grad():
-        for img in load_entries(root, entries):
-            gt = np.isin(img.labels, list(img.objects[0])).astype(np.int8)
-            if img.ignore is not None:
-                gt[img.ignore] = -1
-            rows.append(evaluate_sample(predictor, img.rgb, gt, n_clicks, stop_iou=0.90)["ious"])
-    net.train(was_training)
-    noc90 = [noc(r, 0.90, n_clicks) for r in rows]
-    return {"noc85": float(np.mean([noc(r, 0.85, n_clicks) for r in rows])), "noc90": float(np.mean(noc90)),
-            "nof90": int(sum(n >= n_clicks for n in noc90)),
-            "iou1": float(np.mean([r[0] for r in rows])), "n": len(rows)}
 
 
 if __name__ == "__main__":

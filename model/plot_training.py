@@ -1,0 +1,86 @@
+"""Validation and loss curves of training runs, from their ``log.jsonl``.
+
+Usage::
+
+    python -m model.plot_training runs/long/log.jsonl runs/pilot_old/log.jsonl -o curve.png [--labels A B]
+
+Three panels against the optimizer step: validation NoC@90, validation IoU after the first click, and the
+training loss (a moving average over ``--smooth`` steps). A step logged twice (a resumed run) keeps its
+last record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def read_log(path: str | os.PathLike) -> tuple[dict[int, dict[str, Any]], dict[int, float]]:
+    """(validation figures by step, loss by step) of one ``log.jsonl``."""
+    vals: dict[int, dict[str, Any]] = {}
+    losses: dict[int, float] = {}
+    for line in Path(path).read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if "val" in row:
+            vals[int(row["step"])] = row["val"]
+        elif "loss" in row:
+            losses[int(row["step"])] = float(row["loss"])
+    return vals, losses
+
+
+def plot_training(logs: Sequence[str | os.PathLike], out_path: str | os.PathLike,
+                  labels: Sequence[str] | None = None, smooth: int = 100) -> Path:
+    """Draw the curves of every log into one PNG; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for i, log in enumerate(logs):
+        label = labels[i] if labels and i < len(labels) else Path(log).parent.name
+        vals, losses = read_log(log)
+        steps = sorted(vals)
+        if steps:
+            axes[0].plot(steps, [vals[s]["noc90"] for s in steps], "o-", label=label)
+            axes[1].plot(steps, [vals[s].get("iou1", float("nan")) for s in steps], "o-", label=label)
+        if losses:
+            ls = sorted(losses)
+            y = np.array([losses[s] for s in ls])
+            k = max(1, min(smooth, len(y)))
+            axes[2].plot(ls[k - 1:], np.convolve(y, np.ones(k) / k, mode="valid"), label=label)
+    for ax, title in zip(axes, ("validation NoC@90 (lower is better)", "validation IoU@1",
+                                f"training loss ({smooth}-step mean)"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m model.plot_training", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("logs", nargs="+")
+    ap.add_argument("-o", "--out", required=True)
+    ap.add_argument("--labels", nargs="*")
+    ap.add_argument("--smooth", type=int, default=100)
+    args = ap.parse_args(argv)
+    print(plot_training(args.logs, args.out, args.labels, args.smooth))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Validation on the fixed held-out split of the training sets (never on GrabCut, Berkeley or DAVIS).
+
+The split (:func:`model.train_data.build_index`): 7% of each training set's images by file-name hash, one whole
+object each (at least 1% of the image, touching at most two image sides), so every training set is represented
+and the split never changes. ``model.train`` validates on it; inference settings are chosen on it.
+
+``python -m model.validation --checkpoint default`` prints the figures of a checkpoint as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .train_data import TRAIN_SETS, build_index, load_entries
+
+
+def validation_entries(root: Path, val_fraction: float = 0.07) -> list:
+    """The held-out objects of every training set present under ``root``."""
+    present = [n for n in TRAIN_SETS if (root / n).is_dir()]
+    return build_index(root, present, val_fraction)["val"]
+
+
+def validate(net: nn.Module, root: Path, entries: list, device: torch.device, n_clicks: int = 20,
+             zoom_in: bool = True) -> dict[str, float]:
+    """NoC@85/90, NoF@90 and mean IoU after the first click on held-out objects, with the evaluation's
+    clicker and Zoom-In (no flip). A sample stops once it reaches 90% IoU, which fixes both NoCs."""
+    from .evaluate import evaluate_sample
+    from .metrics import noc
+    from .predictor import FCFIPredictor
+
+    was_training = net.training
+    net.eval()
+    predictor = FCFIPredictor(net, device=device, zoom_in=zoom_in, flip=False)
+    rows = []
+    with torch.no_grad():
+        for img in load_entries(root, entries):
+            gt = np.isin(img.labels, list(img.objects[0])).astype(np.int8)
+            if img.ignore is not None:
+                gt[img.ignore] = -1
+            rows.append(evaluate_sample(predictor, img.rgb, gt, n_clicks, stop_iou=0.90)["ious"])
+    net.train(was_training)
+    noc90 = [noc(r, 0.90, n_clicks) for r in rows]
+    return {"noc85": float(np.mean([noc(r, 0.85, n_clicks) for r in rows])), "noc90": float(np.mean(noc90)),
+            "nof90": int(sum(n >= n_clicks for n in noc90)),
+            "iou1": float(np.mean([r[0] for r in rows])), "n": len(rows)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .checkpoint import load_checkpoint
+
+    ap = argparse.ArgumentParser(prog="python -m model.validation", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default="default")
+    ap.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--no-zoom-in", action="store_true")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    net = load_checkpoint(args.checkpoint)
+    entries = validation_entries(args.data_root)
+    figures = validate(net, args.data_root, entries, torch.device("cpu"), zoom_in=not args.no_zoom_in)
+    print(json.dumps({"checkpoint": args.checkpoint, "zoom_in": not args.no_zoom_in, **figures}))
+
+
+if __name__ == "__main__":
+    main()
