@@ -23,7 +23,6 @@ from werkzeug.exceptions import HTTPException
 from .errors import BadRequest, Overloaded, ServiceError, TooLarge
 from .fit import FitManager, checkpoint_version, image_loader, load_serving, predictor_options, summary
 from .fit_queue import make_fit_queue
-from .images import ImageError
 from .redis_feedback import make_feedback_store
 from .service import PredictService
 from .settings import Settings
@@ -186,11 +185,6 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
         if isinstance(exc, Overloaded):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response, exc.status
-
-    @app.errorhandler(ImageError)
-    def image_error(exc: ImageError) -> tuple[Response, int]:
-        log.warning("image: %s %s", exc.status, exc.message)
-        return jsonify(error=exc.message), exc.status
 
     @app.errorhandler(OSError)
     def storage_error(exc: OSError) -> tuple[Response, int]:

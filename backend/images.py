@@ -64,6 +64,7 @@ import numpy as np
 import requests
 from PIL import Image, ImageOps
 
+from .errors import ServiceError
 from .ls_auth import LabelStudioAuth, LabelStudioAuthError, LabelStudioConnectionError, origin_of
 from .safe_http import AddressGuard, BlockedAddressError, GuardedSession, UnsafeURLError, check_url
 
@@ -94,19 +95,11 @@ USER_AGENT = "fcfi-labelstudio-backend/0.1 (image loader)"
 # -- errors --------------------------------------------------------------------------------------------------------
 
 
-class ImageError(Exception):
-    """Base class: ``status`` is the HTTP status the service answers, ``message`` a user-facing explanation."""
+class ImageError(ServiceError):
+    """Base class of image errors: ``status`` is the HTTP status the service answers, ``message`` a user-facing
+    explanation (a :class:`~backend.errors.ServiceError`, so the service answers it like any other)."""
 
     status = 502
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if status is not None:
-            self.status = status
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class ImageBadUrl(ImageError):

@@ -47,7 +47,7 @@ class PredictService:
     """
 
     def __init__(self, worker: InferenceWorker, images: Any, store: FeedbackStore, max_clicks: int = 200,
-                 timeout: float = 60.0, threshold: float = 0.49, hot_bytes: int = 128 << 20,
+                 timeout: float = 60.0, hot_bytes: int = 128 << 20,
                  max_interactive_tasks: int = 1) -> None:
         self.worker = worker
         self.max_interactive_tasks = max_interactive_tasks
@@ -55,7 +55,6 @@ class PredictService:
         self.states = StateCache(store, hot_bytes)
         self.max_clicks = max_clicks
         self.timeout = timeout
-        self.threshold = threshold
 
     def predict(self, payload: Any) -> tuple[dict[str, Any], Timings, int]:
         """Returns (response body, timings, network passes)."""
@@ -108,7 +107,7 @@ class PredictService:
         timings.parts["network"] = timings.parts.get("network", 0.0) + out.network_ms
         t = time.perf_counter()
 
-        mask = out.probs > self.threshold
+        mask = out.mask
         score = float(out.probs[mask].mean()) if mask.any() else 0.0
         width, height = job.width or w, job.height or h
         if abs(width - w) > 1 or abs(height - h) > 1:

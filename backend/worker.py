@@ -36,7 +36,10 @@ Loader = Callable[[], tuple[torch.nn.Module, str]]
 
 @dataclass
 class ClickResult:
+    """One click's answer: ``probs`` HxW float32 in [0, 1], ``mask`` HxW bool (the predictor's threshold)."""
+
     probs: np.ndarray
+    mask: np.ndarray
     state: PredictorState
     passes: int
     network_ms: float
@@ -157,7 +160,7 @@ class InferenceWorker:
             ms = (time.perf_counter() - t0) * 1000
             done = pred.num_passes - before
             self.passes += done
-            return ClickResult(probs, new_state, done, ms)
+            return ClickResult(probs, pred.mask(probs), new_state, done, ms)
 
         self.admit()
         future = self.submit(job, deadline=time.monotonic() + timeout)

@@ -4,7 +4,7 @@ For every sample, a simulated user (:class:`model.clicker.Clicker`) clicks 20 ti
 the centre of the largest error; after each click the method predicts and the IoU is recorded.
 The harness is generic over a *method*: any object with ``set_image(rgb)`` and
 ``predict(clicks, state) -> (probs, state)`` (:class:`model.FCFIPredictor` or a baseline of
-:mod:`model.baselines`); the mask is ``probs > 0.49``.
+:mod:`model.baselines`); the mask is ``probs > MASK_THRESHOLD`` (0.49, :mod:`model.predictor`).
 
 Examples::
 
@@ -37,8 +37,9 @@ from .clicker import Clicker
 from .clicks import Click
 from .datasets import DEFAULT_DATA_ROOT, EvalDataset, load_dataset
 from .metrics import MAX_CLICKS, assd, boundary_iou, iou, noc, summarize
+from .predictor import MASK_THRESHOLD
 
-THRESHOLD = 0.49
+THRESHOLD = MASK_THRESHOLD  # the predictor's; baselines are thresholded the same way
 METRIC_CLICK = 5  # BIoU@5, ASSD@5, IoU@5
 
 

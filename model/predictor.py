@@ -21,6 +21,10 @@ from torch import nn
 from .clicks import Click, points_tensor
 from .zoom_in import Box, next_roi
 
+#: A pixel is object where its probability is above this (0.49, as the official evaluation thresholds). The one
+#: definition: the predictor applies it (:meth:`FCFIPredictor.mask`), evaluation, training and the service read it.
+MASK_THRESHOLD = 0.49
+
 
 def quantize(probs: np.ndarray) -> np.ndarray:
     """[0, 1] float map -> uint8 (round(p * 255))."""
@@ -108,13 +112,13 @@ class FCFIPredictor:
         skip_clicks: clicks that always see the full image (1: only the first).
         flip: average the prediction with that of the horizontally flipped input.
         max_size: longest network-input side when not zoomed (big images are scaled down); 0 = none.
-        threshold: probability above which a pixel is object (0.49 as in the official code).
+        threshold: probability above which a pixel is object (:data:`MASK_THRESHOLD`), see :meth:`mask`.
         autocast_dtype: run the network under ``torch.autocast`` with this dtype (e.g. bfloat16).
     """
 
     def __init__(self, net: nn.Module, device: str | torch.device | None = None, zoom_in: bool = True,
                  target_size: int = 480, expansion_ratio: float = 3.0, min_crop_size: int = 200,
-                 skip_clicks: int = 1, flip: bool = True, max_size: int = 800, threshold: float = 0.49,
+                 skip_clicks: int = 1, flip: bool = True, max_size: int = 800, threshold: float = MASK_THRESHOLD,
                  autocast_dtype: torch.dtype | None = None) -> None:
         if device is None:
             first = next(net.parameters(), None)
@@ -160,6 +164,10 @@ class FCFIPredictor:
         return self._image_id
 
     # ---------------------------------------------------------------- predict
+    def mask(self, probs: np.ndarray) -> np.ndarray:
+        """HxW bool object mask of a probability map from :meth:`predict` (``probs > threshold``)."""
+        return np.asarray(probs) > self.threshold
+
     def predict(self, clicks: list[Click], state: PredictorState | None = None
                 ) -> tuple[np.ndarray, PredictorState]:
         """Probability map after the newest click.

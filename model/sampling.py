@@ -87,7 +87,7 @@ def next_click(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator,
     """Training's corrective click: a random pixel deep inside the larger error region.
 
     Args:
-        pred: HxW bool prediction (probability > 0.49).
+        pred: HxW bool prediction (probability > ``model.predictor.MASK_THRESHOLD``).
         gt: HxW bool object mask.
     Returns:
         ``(y, x, positive)`` with positive iff the false-negative region is deeper than the false-positive

@@ -54,6 +54,7 @@ from .clicks import points_tensor
 from .ema import WeightEMA
 from .leak_guard import evaluation_images, find_matches
 from .losses import normalized_focal_loss
+from .predictor import MASK_THRESHOLD
 from .sampling import next_click
 from .train_data import TRAIN_SETS, AugmentConfig, SampleMaker, build_index, load_entries, save_data_list
 from .validation import validate
@@ -124,7 +125,7 @@ def simulate_and_forward(net: nn.Module, images: torch.Tensor, masks: torch.Tens
                 out = net(torch.cat([images, prev], 1), points_tensor(clicks, device), new_points,
                           0.0 if r == 0 else 1.0)
                 prev = torch.sigmoid(out["instances"].float())
-                pred = prev[:, 0].cpu().numpy() > 0.49
+                pred = prev[:, 0].cpu().numpy() > MASK_THRESHOLD
                 for i in range(b):
                     c = next_click(pred[i], gt[i], rng, ignore[i])
                     if c is not None:
