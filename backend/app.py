@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import BadRequest, Overloaded, ServiceError, TooLarge
-from .fit import FitManager, checkpoint_version, image_loader, load_serving, predictor_options, summary
+from .fit import FitManager, image_loader, predictor_options, summary
 from .fit_queue import make_fit_queue
 from .redis_feedback import make_feedback_store
 from .service import PredictService
@@ -36,17 +35,7 @@ WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 JSON_ROUTES = {"/predict", "/webhook"}  # a text/plain POST from any web page must not reach them (no CORS preflight)
 
 
-__all__ = ["OPEN_ROUTES", "WEBHOOK_SECRET_HEADER", "checkpoint_version", "create_app", "make_loader"]
-
-
-def make_loader(settings: Settings):
-    """The worker's loader: the promoted version ``MODEL_DIR/current.json`` names, else ``CHECKPOINT``."""
-
-    def load() -> tuple[torch.nn.Module, str]:
-        serving = load_serving(settings)
-        return serving.net, serving.version
-
-    return load
+__all__ = ["OPEN_ROUTES", "WEBHOOK_SECRET_HEADER", "create_app"]
 
 
 def create_app(settings: Settings | None = None, worker: InferenceWorker | None = None) -> Flask:

@@ -26,13 +26,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from .redis_client import connect
 from .redis_feedback import redact_url
 from .settings import Settings
 
@@ -71,15 +70,6 @@ def publish_serving(client: redis.Redis, prefix: str, pointer: dict[str, Any], o
     ``only_if_absent``: a replica filling an empty key (never overwrites what a worker published meanwhile).
     """
     client.set(prefix + SERVING_KEY, serving_record(pointer), nx=only_if_absent)
-
-
-def connect(url: str, timeout_s: float | None) -> redis.Redis:
-    """A client for ``url``; with ``timeout_s``, socket timeouts and one immediate retry (a pooled connection
-    broken by a Redis restart is reopened at once) instead of redis-py's retries with backoff."""
-    if timeout_s is None:
-        return redis.Redis.from_url(url)
-    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)))
 
 
 class FitQueue:

@@ -28,7 +28,8 @@ import redis
 from rq import Queue, Worker
 
 from .fit import read_pointer
-from .fit_queue import SERIALIZER, connect, publish_serving, queue_name
+from .fit_queue import SERIALIZER, publish_serving, queue_name
+from .redis_client import connect
 from .redis_feedback import redact_url
 from .settings import Settings
 

@@ -21,10 +21,9 @@ import time
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from .feedback import FeedbackStore, MemoryFeedbackStore
+from .redis_client import connect
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,11 +55,7 @@ class RedisFeedbackStore:
         self.prefix = prefix
         self.retry_after_s = retry_after_s
         self.log_every_s = log_every_s
-        # One immediate retry on a broken connection only: a connection pooled before a Redis restart fails once
-        # and is reopened at once. redis-py's default (10 retries with backoff) would stall a click for seconds.
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)))
+        self.client = connect(url, timeout_s)
         self._lock = threading.Lock()
         self._down_since: float | None = None  # monotonic time the current outage began
         self._retry_at = 0.0  # no Redis calls before this monotonic time

@@ -195,8 +195,6 @@ class Lite0FCFI(ClickSegmentationModel):
         pretrained: initialise the backbone from the ImageNet weights package.
     """
 
-    config_class = "model.lite0.Lite0FCFI"
-
     def __init__(self, fcfi: str = "full", decoder_ch: int = 64, mid_ch: int = 32,
                  expansion_ratio: float = 0.3, update_num: int = 1, norm_radius: float = 5,
                  click_scale: float = 1.0, click_skip: bool = True, skip_prev_mask: bool = False,
