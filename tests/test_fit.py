@@ -23,34 +23,20 @@ import requests
 import support
 from ls_stub import FakeLabelStudio
 from PIL import Image
-from test_webhooks import annotation_body, brush_result
+from support import FIT_BASE as BASE
+from support import FIT_PROJECT as PROJECT
+from support import FIT_TRAIN_TASKS as TRAIN_TASKS
+from support import FIT_VAL_TASKS as VAL_TASKS
+from support import annotation_body, brush_result
+from support import fit_image_path as image_path
+from support import fit_keypoint as keypoint
+from support import task_scene as scene
 
 from backend import fit
 from backend.fit_job import choose_samples, holdout_tasks
 from backend.settings import Settings
-from backend.training_store import SampleRow, TrainingStore, split_for_task
+from backend.training_store import SampleRow, TrainingStore
 from model import load_checkpoint, save_checkpoint
-
-H, W = 64, 80
-PROJECT = 5
-TRAIN_TASKS = [t for t in range(1, 200) if split_for_task(t) == "train"][:3]
-VAL_TASKS = [t for t in range(1, 200) if split_for_task(t) == "val"][:2]
-BASE = "tiny-1"
-
-
-def scene(task: int) -> tuple[np.ndarray, np.ndarray]:
-    """A coloured disk (radius 11) on a plain noisy background, different per task, and its mask."""
-    rng = np.random.default_rng(task)
-    bg, fg = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    cy, cx = rng.uniform(13, H - 13), rng.uniform(13, W - 13)
-    yy, xx = np.mgrid[:H, :W]
-    disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= 11**2
-    rgb = np.where(disk[..., None], fg, bg) + rng.normal(0, 4, (H, W, 3))
-    return rgb.clip(0, 255).astype(np.uint8), disk
-
-
-def image_path(task: int) -> str:
-    return f"/data/upload/{PROJECT}/task-{task}.png"
 
 
 @pytest.fixture(scope="module")
@@ -126,12 +112,6 @@ def start_training(server: Server) -> tuple[dict[str, Any], float]:
     elapsed = time.perf_counter() - t0
     assert r.status_code == 200, r.text
     return r.json(), elapsed
-
-
-def keypoint(x: float, y: float, positive: bool = True) -> dict[str, Any]:
-    return {"original_width": W, "original_height": H, "image_rotation": 0, "is_positive": positive,
-            "value": {"x": 100 * x / W, "y": 100 * y / H, "width": 0.5, "keypointlabels": ["Object"]},
-            "id": "k", "from_name": "tag2", "to_name": "image", "type": "keypointlabels"}
 
 
 def predict(server: Server, task: int, clicks: list[dict[str, Any]]) -> requests.Response:

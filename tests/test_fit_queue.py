@@ -26,8 +26,14 @@ from ls_stub import FakeLabelStudio
 from PIL import Image
 from redis_proc import Backend, FitWorker, RedisServer, child_env, redis_server_binary
 from rq import Queue, Worker
-from test_fit import BASE, PROJECT, TRAIN_TASKS, VAL_TASKS, image_path, keypoint, scene
-from test_webhooks import annotation_body, brush_result
+from support import FIT_BASE as BASE
+from support import FIT_PROJECT as PROJECT
+from support import FIT_TRAIN_TASKS as TRAIN_TASKS
+from support import FIT_VAL_TASKS as VAL_TASKS
+from support import annotation_body, brush_result
+from support import fit_image_path as image_path
+from support import fit_keypoint as keypoint
+from support import task_scene as scene
 
 from backend import fit
 from backend.fit_queue import SERIALIZER

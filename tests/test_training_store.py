@@ -1,6 +1,6 @@
 """Tests for backend.training_store: webhook payloads in, the right masks stored durably.
 
-Payloads are built as Label Studio sends them (builders from test_webhooks.py) and go through
+Payloads are built as Label Studio sends them (builders from support.py) and go through
 :func:`backend.webhooks.parse_event`, as the ``/webhook`` handler does. Crashes are simulated in process
 (an exception while writing files or committing) and for real (a forked child that ``os._exit``-s midway).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_webhooks import (
+from support import (
     ANNOTATION_ID,
     IMAGE_URL,
     PROJECT_ID,

@@ -1,9 +1,8 @@
 """Tests for backend.webhooks: Label Studio webhook bodies -> typed events.
 
-The payload builders here (also used by test_training_store.py) follow what Label Studio 1.23 sends
-(../shared/docs/labelstudio-protocol.md, Webhooks; ``ls:webhooks/models.py``): ``ANNOTATION_CREATED`` /
-``ANNOTATION_UPDATED`` carry the full ``annotation``, ``task`` and ``project`` rows, ``ANNOTATIONS_DELETED`` a
-list ``annotations: [{"id": ...}]`` plus ``project``, ``START_TRAINING`` only ``project``.
+The payload builders (``support.py``) follow what Label Studio 1.23 sends (its ``webhooks/models.py``):
+``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED`` carry the full ``annotation``, ``task`` and ``project`` rows,
+``ANNOTATIONS_DELETED`` a list ``annotations: [{"id": ...}]`` plus ``project``, ``START_TRAINING`` only ``project``.
 """
 
 from __future__ import annotations
@@ -12,9 +11,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support import (
+    ANNOTATION_ID,
+    IMAGE_URL,
+    LABEL_CONFIG,
+    PROJECT_ID,
+    TASK_ID,
+    annotation_body,
+    brush_result,
+    delete_body,
+    disc,
+    keypoint_result,
+)
 
 from backend.errors import BadRequest
-from backend.rle import encode_alpha, encode_mask
 from backend.webhooks import (
     AnnotationEvent,
     DeleteEvent,
@@ -22,86 +32,6 @@ from backend.webhooks import (
     TrainEvent,
     parse_event,
 )
-
-LABEL_CONFIG = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <BrushLabels name="tag" toName="image">
-    <Label value="Object" background="#FF0000"/><Label value="Horse" background="#00FF00"/>
-  </BrushLabels>
-  <KeyPointLabels name="tag2" toName="image" smart="true">
-    <Label value="Object" smart="true"/><Label value="Horse" smart="true"/>
-  </KeyPointLabels>
-</View>"""
-
-IMAGE_URL = "/data/upload/3/4f2a9c1e-horse.jpg"
-PROJECT_ID, TASK_ID, ANNOTATION_ID = 3, 7, 11
-
-
-def disc(height: int, width: int, cy: float, cx: float, radius: float) -> np.ndarray:
-    """``(height, width)`` bool disc."""
-    yy, xx = np.ogrid[:height, :width]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
-
-
-def brush_result(mask: np.ndarray | None = None, label: str = "Object", region_id: str = "r1",
-                 *, alpha: np.ndarray | None = None, to_name: str = "image") -> dict[str, Any]:
-    """One ``brushlabels`` result item as the editor serialises it (mask as 0/255, or a soft alpha map)."""
-    source = alpha if alpha is not None else mask
-    height, width = source.shape
-    rle = encode_alpha(alpha) if alpha is not None else encode_mask(mask)
-    return {
-        "id": region_id, "from_name": "tag", "to_name": to_name, "type": "brushlabels", "origin": "manual",
-        "original_width": width, "original_height": height, "image_rotation": 0,
-        "value": {"format": "rle", "rle": rle, "brushlabels": [label]},
-    }
-
-
-def keypoint_result(region_id: str = "kp1") -> dict[str, Any]:
-    return {
-        "id": region_id, "from_name": "tag2", "to_name": "image", "type": "keypointlabels", "origin": "manual",
-        "original_width": 64, "original_height": 48, "image_rotation": 0, "is_positive": True,
-        "value": {"x": 50.0, "y": 50.0, "width": 0.5, "keypointlabels": ["Object"]},
-    }
-
-
-def annotation_body(results: list[Any], action: str = "ANNOTATION_CREATED", *, annotation_id: int = ANNOTATION_ID,
-                    task_id: int = TASK_ID, project_id: int = PROJECT_ID, was_cancelled: bool = False,
-                    label_config: str | None = LABEL_CONFIG, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A full ``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED`` body (annotation, task and project rows)."""
-    project: dict[str, Any] = {
-        "id": project_id, "title": "Horses", "description": "", "expert_instruction": "", "show_instruction": False,
-        "color": "#FFFFFF", "maximum_annotations": 1, "is_published": False, "model_version": "", "is_draft": False,
-        "created_by": 1, "created_at": "2026-11-23T10:00:00.000000Z", "min_annotations_to_start_training": 0,
-        "task_number": 3, "finished_task_number": 1, "total_annotations_number": 1, "skipped_annotations_number": 0,
-        "sampling": "Sequential sampling", "show_skip_button": True, "organization": 1,
-    }
-    if label_config is not None:
-        project["label_config"] = label_config
-    return {
-        "action": action,
-        "annotation": {
-            "id": annotation_id, "result": results, "created_username": " admin@example.com, 1",
-            "created_ago": "0 minutes", "completed_by": 1, "was_cancelled": was_cancelled, "ground_truth": False,
-            "created_at": "2026-11-23T10:05:00.000000Z", "updated_at": "2026-11-23T10:05:00.000000Z",
-            "draft_created_at": None, "lead_time": 12.5, "import_id": None, "last_action": None, "bulk_created": False,
-            "task": task_id, "project": project_id, "updated_by": 1, "parent_prediction": None,
-            "parent_annotation": None, "last_created_by": None, "result_count": len(results), "unique_id": "c0ffee",
-        },
-        "task": {
-            "id": task_id, "data": data if data is not None else {"image": IMAGE_URL}, "meta": {},
-            "created_at": "2026-11-23T09:00:00.000000Z", "updated_at": "2026-11-23T10:05:00.000000Z",
-            "is_labeled": True, "overlap": 1, "inner_id": 1, "total_annotations": 1, "cancelled_annotations": 0,
-            "total_predictions": 0, "comment_count": 0, "unresolved_comment_count": 0, "last_comment_updated_at": None,
-            "project": project_id, "updated_by": 1, "file_upload": 5, "comment_authors": [],
-        },
-        "project": project,
-    }
-
-
-def delete_body(*annotation_ids: int) -> dict[str, Any]:
-    return {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": i} for i in annotation_ids],
-            "project": {"id": PROJECT_ID, "label_config": LABEL_CONFIG}}
-
 
 # -- annotations -------------------------------------------------------------------------------------------------------
 
