@@ -1,7 +1,6 @@
 """Label Studio authentication for image downloads.
 
-Label Studio accepts two kinds of API keys (see ``../shared/docs/labelstudio-protocol.md``, "Auth for downloading
-task images"):
+Label Studio 1.23 accepts two kinds of API keys for downloading task images:
 
 * a **legacy token** (an opaque hex string), sent as ``Authorization: Token <key>``. Label Studio 1.2x disables
   legacy tokens for new organisations unless it runs with ``--enable-legacy-api-token``;

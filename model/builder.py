@@ -34,7 +34,7 @@ def _r101(**options: Any) -> nn.Module:
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "lite0": _lite0,
-    # "HRNet18s" of the FCFI release: full-depth HRNet-W18, OCR 48, FCFI mid 64 (spec 1.1).
+    # "HRNet18s" of the FCFI release: full-depth HRNet-W18, OCR 48, FCFI mid 64.
     "hrnet18": lambda **o: _hrnet(False, **o),
     "hrnet18s": lambda **o: _hrnet(True, **o),
     "r101": _r101,

@@ -1,4 +1,4 @@
-"""The click simulator of the standard NoC protocol (spec section 4 "Clicker").
+"""The click simulator of the standard NoC protocol (the official ``Clicker``).
 
 Given the ground truth and the current prediction, the next click goes to the error pixel farthest
 from any boundary of any error region:

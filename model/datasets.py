@@ -6,7 +6,7 @@ Every loader yields :class:`Sample` objects ``(name, rgb, gt)``:
 * ``gt``: HxW int8, ``1`` object, ``0`` background, ``-1`` ignore (excluded from IoU and from the
   clicker).
 
-Mask conventions follow the official FCFI/RITM loaders (spec section 4 "Datasets"):
+Mask conventions follow the official FCFI/RITM loaders (``GrabCutDataset``, ``BerkeleyDataset``, ``DavisDataset``):
 
 * GrabCut and Berkeley (the Berkeley loader is the GrabCut one): channel 0 of the mask as
   ``cv2.imread`` reads it; ``128`` -> ignore, ``> 128`` -> object, anything else background.

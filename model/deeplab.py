@@ -1,4 +1,4 @@
-"""``r101``: the official FCFI DeepLabV3+ network on a dilated ResNet-101 v1s (spec 1.4).
+"""``r101``: the official FCFI DeepLabV3+ network on a dilated ResNet-101 v1s (its released ``r101`` checkpoint layout).
 
 Layout (the ``state_dict`` keys follow the official ``DeeplabModel``, so its checkpoints load):
 
@@ -12,7 +12,7 @@ Layout (the ``state_dict`` keys follow the official ``DeeplabModel``, so its che
     [F', skip] (288 ch) -> ``feature_extractor.head`` -> ``head`` -> logits at stride 4
 
 The previous mask reaches this network only as FFCM/CFFM feedback: the click encoding has
-two channels and no mask (spec 1.2).
+two channels and no mask (as the official code does).
 """
 
 from __future__ import annotations

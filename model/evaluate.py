@@ -1,4 +1,4 @@
-"""Evaluation harness: the NoC protocol of the FCFI paper (Sec. 4.1; spec section 4).
+"""Evaluation harness: the NoC protocol of the FCFI paper (Sec. 4.1).
 
 For every sample, a simulated user (:class:`model.clicker.Clicker`) clicks 20 times, each click at
 the centre of the largest error; after each click the method predicts and the IoU is recorded.

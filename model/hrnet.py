@@ -1,4 +1,4 @@
-"""``hrnet18`` / ``hrnet18s``: the official FCFI network on HRNet-W18 + OCR (spec 1.3).
+"""``hrnet18`` / ``hrnet18s``: the official FCFI network on HRNet-W18 + OCR (its released checkpoint layout).
 
 Layout (the ``state_dict`` keys follow the official ``HRNetModel``, so its checkpoints load, and
 RITM's HRNet checkpoints load with ``fcfi=False``):
@@ -319,7 +319,7 @@ class HRNetFCFI(ClickSegmentationModel):
         """Parameters the official training gives 0.1x the learning rate.
 
         As upstream: the whole ``feature_extractor`` except the OCR context layers (``conv3x3_ocr``,
-        ``ocr_distri_head``), so FFCM, CFFM, ``cls_head`` and ``aux_head`` are included (spec 1.3).
+        ``ocr_distri_head``), so FFCM, CFFM, ``cls_head`` and ``aux_head`` are included.
         """
         fe = self.feature_extractor
         fast = {id(p) for m in (fe.conv3x3_ocr, fe.ocr_distri_head) for p in m.parameters()}

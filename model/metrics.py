@@ -1,4 +1,4 @@
-"""Metrics of the interactive-segmentation protocol (spec section 4 "Metrics").
+"""Metrics of the interactive-segmentation protocol (as the official evaluation computes them).
 
 Masks: ``gt`` is HxW int with 1 object, 0 background, -1 ignore; ``pred`` is HxW bool (or 0/1).
 """

@@ -50,7 +50,7 @@ class PredictorState:
             feedback for a deserialized one).
         feedback: HxW uint8, the prediction fed back to the network with the next click.
         roi_map: HxW uint8, the map Zoom-In places the next ROI on (the official code tracks CFFM's
-            updated feedback M_u here, not the prediction, spec 3.1 step 5), or None when it is ``feedback``.
+            updated feedback M_u here, not the prediction), or None when it is ``feedback``.
         roi: the Zoom-In ROI used for this click ``(rmin, rmax, cmin, cmax)``, inclusive, or None.
         image_id: fingerprint of the image the state belongs to.
     """

@@ -1,4 +1,4 @@
-"""Click simulation for training (spec 5.2-5.3): the multi-point sampler and next-click sampling.
+"""Click simulation for training (paper Sec. 3.4): the multi-point sampler and next-click sampling.
 
 Clicks here are ``(y, x, positive)`` tuples in the pixels of the (augmented) training crop.
 """

@@ -1,6 +1,6 @@
 """Train an FCFI network: ``python -m model.train --out runs/NAME [options]``.
 
-The FCFI recipe (paper Sec. 3.4 and 4.1, spec section 5) at CPU scale:
+The FCFI recipe (paper Sec. 3.4 and 4.1) at CPU scale:
 
 * normalized focal loss (alpha 0.5, gamma 2) on the output, on FFCM's corrected feedback inside its
   box and on CFFM's updated feedback (paper Eq. 6; ``--feedback-weights`` sets the two weights);

@@ -2,8 +2,7 @@
 
 Label Studio comes from PyPI into its own cached virtual environment (``scripts/labelstudio_venv.sh``,
 about 1 GB the first time, instant afterwards) and starts with a fresh data dir and HOME, so nothing
-outside a temp folder is touched. The flow is the one the browser drives (see
-``../shared/docs/labelstudio-protocol.md``, sections 2 and 6): a project with our ``label_config.xml``,
+outside a temp folder is touched. The flow is the one the browser drives: a project with our ``label_config.xml``,
 an uploaded image, the backend connected as interactive, a positive and a negative smart-keypoint
 click through ``/api/ml/{id}/interactive-annotating`` answered with a brush mask that must cover the
 object (IoU > 0.8), and a submitted annotation that must reach our ``/webhook``.
