@@ -56,7 +56,15 @@ from .leak_guard import evaluation_images, find_matches
 from .losses import normalized_focal_loss
 from .predictor import MASK_THRESHOLD
 from .sampling import next_click
-from .train_data import TRAIN_SETS, AugmentConfig, SampleMaker, build_index, load_entries, save_data_list
+from .train_data import (
+    TRAIN_SETS,
+    AugmentConfig,
+    SampleMaker,
+    build_index,
+    load_entries,
+    present_sets,
+    save_data_list,
+)
 from .validation import validate
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[list[tuple[float, float, bool]]]]
@@ -270,9 +278,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # The validation split is drawn from every training set present, whatever --datasets says, so runs
     # on different data are scored on the same objects.
-    present = [n for n in TRAIN_SETS if (args.data_root / n).is_dir()]
-    index = build_index(args.data_root, sorted(set(present) | set(args.datasets)), args.val_fraction,
-                        min_area_frac=args.min_object_frac)
+    sets = sorted(set(present_sets(args.data_root)) | set(args.datasets))
+    index = build_index(args.data_root, sets, args.val_fraction, min_area_frac=args.min_object_frac)
     index["train"] = [e for e in index["train"] if e.dataset in args.datasets]
     if args.leak_check:
         check_no_leak(args.data_root, index)

@@ -155,6 +155,11 @@ def build_index(root: Path, datasets: list[str], val_fraction: float = 0.07, min
     return out
 
 
+def present_sets(root: Path) -> list[str]:
+    """The training sets of :data:`TRAIN_SETS` that exist under ``root``, in table order."""
+    return [n for n in TRAIN_SETS if (Path(root) / n).is_dir()]
+
+
 def save_data_list(index: dict[str, list[Entry]], path: Path) -> None:
     """Record exactly which images and objects a run trained and validated on."""
     path.write_text(json.dumps({k: [e.__dict__ for e in v] for k, v in index.items()}, indent=0))

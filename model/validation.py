@@ -17,13 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .train_data import TRAIN_SETS, build_index, load_entries
+from .train_data import build_index, load_entries, present_sets
 
 
 def validation_entries(root: Path, val_fraction: float = 0.07) -> list:
     """The held-out objects of every training set present under ``root``."""
-    present = [n for n in TRAIN_SETS if (root / n).is_dir()]
-    return build_index(root, present, val_fraction)["val"]
+    return build_index(root, present_sets(root), val_fraction)["val"]
 
 
 def validate(net: nn.Module, root: Path, entries: list, device: torch.device, n_clicks: int = 20,

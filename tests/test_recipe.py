@@ -19,7 +19,7 @@ from model.ema import WeightEMA
 from model.leak_guard import evaluation_images, find_matches
 from model.train import lr_at, simulate_and_forward
 from model.train import main as train_main
-from model.train_data import TRAIN_SETS, AugmentConfig, SampleMaker, TrainImage, build_index, load_entries
+from model.train_data import AugmentConfig, SampleMaker, TrainImage, build_index, load_entries, present_sets
 
 DATA_ROOT = Path(os.environ.get("FCFI_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -188,8 +188,7 @@ def test_the_leak_guard_catches_copies(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not (DATA_ROOT / "GrabCut").is_dir(), reason=f"no data at {DATA_ROOT} (set FCFI_DATA_ROOT)")
 def test_no_training_image_matches_an_evaluation_image() -> None:
-    present = [n for n in TRAIN_SETS if (DATA_ROOT / n).is_dir()]
-    index = build_index(DATA_ROOT, present)
+    index = build_index(DATA_ROOT, present_sets(DATA_ROOT))
     train = [DATA_ROOT / e.image for split in index.values() for e in split]
     evaluation = evaluation_images(DATA_ROOT)
     assert len(train) > 2000 and len(evaluation) >= 495
