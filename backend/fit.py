@@ -46,7 +46,6 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
-import io
 import json
 import logging
 import os
@@ -109,15 +108,11 @@ def read_json(path: Path) -> Any | None:
 
 
 def save_checkpoint_atomic(net: torch.nn.Module, path: Path, meta: dict[str, Any]) -> Path:
-    """Write ``net`` as a checkpoint (:func:`model.save_checkpoint`'s format), fsync-ed before it is renamed."""
-    from model.checkpoint import model_config
+    """Write ``net`` as a checkpoint (:func:`model.checkpoint.checkpoint_bytes`), fsync-ed before it is renamed:
+    the model package defines the payload, the backend adds only durability."""
+    from model.checkpoint import checkpoint_bytes
 
-    payload = {"config": model_config(net),
-               "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-               "meta": meta}
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, checkpoint_bytes(net, meta))
     return path
 
 
@@ -165,7 +160,7 @@ def image_loader(settings: Settings, cache_items: int | None = None) -> ImageLoa
 def predictor_options(settings: Settings) -> dict[str, Any]:
     """The serving predictor's options (the inference worker and the job's evaluation use the same)."""
     return dict(zoom_in=settings.zoom_in, flip=settings.flip, target_size=settings.target_size,
-                expansion_ratio=settings.expansion_ratio, max_size=settings.max_size)
+                expansion_ratio=settings.expansion_ratio, max_size=settings.max_size, runtime=settings.runtime)
 
 
 # -- versions and the serving checkpoint ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 from model import Click
 
-from .errors import BadRequest, TooLarge, Unprocessable
+from .errors import BadRequest, ServiceError, TooLarge, Unprocessable
 from .labelconfig import BrushTag, LabelConfig, parse_label_config
 
 
@@ -103,6 +103,36 @@ def _number(value: Any, where: str) -> float:
     return number
 
 
+@dataclass(frozen=True)
+class ImageRef:
+    """Where a task's image is: what :meth:`backend.images.ImageLoader.load` takes."""
+
+    url: str
+    task_id: int | None
+    project_id: int | None
+
+
+def _task_id(task: dict[str, Any]) -> int | None:
+    task_id = task.get("id")
+    return task_id if isinstance(task_id, int) and not isinstance(task_id, bool) and 0 <= task_id <= MAX_ID else None
+
+
+def opened_image(request: PredictRequest, task: dict[str, Any]) -> ImageRef | None:
+    """The image of a task that was just opened (a request without clicks), or None when it cannot be told.
+
+    Never raises: the request is answered the same whether or not its image can be named.
+    """
+    try:
+        config = parse_label_config(request.label_config or "")
+        data = task.get("data")
+        url = data.get(config.image_key(None)) if isinstance(data, dict) else None
+    except ServiceError:
+        return None
+    if not isinstance(url, str) or not url.strip():
+        return None
+    return ImageRef(url, _task_id(task), project_id(request.project))
+
+
 def click_job(request: PredictRequest, task: dict[str, Any], max_clicks: int) -> ClickJob | None:
     """The interactive job for one task, or None when the context holds no smart keypoints."""
     context = request.context or {}
@@ -166,8 +196,6 @@ def click_job(request: PredictRequest, task: dict[str, Any], max_clicks: int) ->
                 raise Unprocessable("original_width and original_height must be positive")
         if "image_rotation" in r:
             rotation = _number(r["image_rotation"], f"context.result[{i}].image_rotation")
-    task_id = task.get("id")
-    valid_id = isinstance(task_id, int) and not isinstance(task_id, bool) and 0 <= task_id <= MAX_ID
-    return ClickJob(task_id if valid_id else None, project_id(request.project), url, label,
+    return ClickJob(_task_id(task), project_id(request.project), url, label,
                     brush, to_name or (brush.to_names[0] if brush.to_names else "image"), width, height,
                     rotation, tuple(clicks))

@@ -6,8 +6,10 @@ Kept free of Flask so it can be driven directly by tests and benchmarks.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,7 @@ import numpy as np
 
 from .errors import ServiceError, TooLarge
 from .feedback import FeedbackStore, prefix_keys
-from .parse import ClickJob, click_job, parse_predict
+from .parse import ClickJob, ImageRef, click_job, opened_image, parse_predict
 from .rle import encode_mask
 from .state_cache import StateCache
 from .worker import InferenceWorker
@@ -48,8 +50,15 @@ class PredictService:
 
     def __init__(self, worker: InferenceWorker, images: Any, store: FeedbackStore, max_clicks: int = 200,
                  timeout: float = 60.0, hot_bytes: int = 128 << 20,
-                 max_interactive_tasks: int = 1) -> None:
+                 max_interactive_tasks: int = 1, prefetch: bool = True) -> None:
         self.worker = worker
+        # Label Studio asks /predict without clicks when an annotator opens a task: the image is then fetched and
+        # decoded in the background, so the first click finds it in the loader's cache (a click that arrives
+        # while the fetch runs waits for that same fetch). One fetch at a time, at most one waiting.
+        self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") if prefetch else None
+        self._prefetch_pending = threading.Semaphore(2)
+        #: images fetched ahead of a first click (tests and benchmarks read it).
+        self.prefetched = 0
         self.max_interactive_tasks = max_interactive_tasks
         self.images = images
         self.states = StateCache(store, hot_bytes)
@@ -67,6 +76,8 @@ class PredictService:
                            "(MAX_INTERACTIVE_TASKS)")
         if interactive:
             self.worker.admit()  # shed before downloading the image, not after
+        elif len(jobs) == 1:
+            self._fetch_ahead(opened_image(request, request.tasks[0]))
         results, passes = [], 0
         for job in jobs:
             if job is None:  # batch pre-annotation: nothing to segment without clicks
@@ -76,6 +87,22 @@ class PredictService:
             results.append(result)
             passes += n
         return {"results": results}, timings, passes
+
+    def _fetch_ahead(self, ref: ImageRef | None) -> None:
+        """Load ``ref`` in the background (errors are the first click's to report, so they are only logged)."""
+        if ref is None or self._prefetch is None or not self._prefetch_pending.acquire(blocking=False):
+            return
+
+        def fetch() -> None:
+            try:
+                self.images.load(ref.url, task_id=ref.task_id, project_id=ref.project_id)
+                self.prefetched += 1
+            except Exception as exc:  # noqa: BLE001 - the click will meet the same error and answer it
+                log.debug("prefetch of task %s's image failed: %s", ref.task_id, exc)
+            finally:
+                self._prefetch_pending.release()
+
+        self._prefetch.submit(fetch)
 
     def _click(self, job: ClickJob, timings: Timings) -> tuple[dict[str, Any], int]:
         t = time.perf_counter()

@@ -29,7 +29,8 @@
 | ``MAX_QUEUE_WAIT_S`` | ``5`` | clicks are shed (503, ``Retry-After``) when the queue ahead would take longer |
 | ``ZOOM_IN`` / ``FLIP`` | ``true`` / ``true`` | predictor settings |
 | ``TARGET_SIZE`` / ``EXPANSION_RATIO`` / ``MAX_SIZE`` | ``480`` / ``3.0`` / ``800`` | predictor: px, ratio, px |
-| ``TORCH_THREADS`` | torch's default | CPU threads of the inference worker |
+| ``RUNTIME`` | ``openvino`` | CPU runtime of the network: ``openvino``, ``onnxruntime`` or ``torch`` (see below) |
+| ``TORCH_THREADS`` | torch's default | CPU threads of the inference worker (and of the runtime) |
 | ``MODEL_VERSION`` | from the checkpoint | version string reported to Label Studio |
 | ``LOG_LEVEL`` | ``INFO`` | logging level |
 | ``FIT_EVERY_N_SAMPLES`` | ``25`` | fine-tune after this many new stored samples; ``0``: only on ``START_TRAINING`` |
@@ -43,6 +44,8 @@
 | ``FIT_NICE`` | ``10`` | niceness added to the job process, so serving keeps priority |
 | ``FIT_DEVICE`` | ``DEVICE`` | device of the job process |
 | ``FIT_KEEP_VERSIONS`` | ``5`` | newest promoted versions whose files are kept in ``MODEL_DIR/versions`` |
+
+``RUNTIME``: a missing package falls back to ``torch`` (PyTorch eager) with a log line; CUDA always runs ``torch``.
 
 Each default is written once, in the field below; ``Settings.from_env`` reads the variables the field names.
 """
@@ -107,6 +110,7 @@ class Settings:
     target_size: int = _env(480, "TARGET_SIZE")
     expansion_ratio: float = _env(3.0, "EXPANSION_RATIO")
     max_size: int = _env(800, "MAX_SIZE")
+    runtime: str = _env("openvino", "RUNTIME")
     torch_threads: int | None = _env(None, "TORCH_THREADS")
     model_version: str | None = _env(None, "MODEL_VERSION")
     log_level: str = _env("INFO", "LOG_LEVEL")
@@ -125,6 +129,10 @@ class Settings:
     fit_keep_versions: int = _env(5, "FIT_KEEP_VERSIONS")
 
     def __post_init__(self) -> None:
+        from model.runtime import RUNTIMES
+
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"RUNTIME must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.label_studio_url is not None:
             self.label_studio_url = self.label_studio_url.rstrip("/") or None
 

@@ -81,8 +81,15 @@ class InferenceWorker:
     def error(self) -> str | None:
         return self._error
 
+    @property
+    def runtime(self) -> str | None:
+        """The runtime running the network (after any fallback); None before the model has loaded."""
+        return self._predictor.runtime if self._predictor is not None else None
+
     def _install(self, net: torch.nn.Module, version: str) -> None:
-        self._predictor = FCFIPredictor(net, device=self._device, **self._options)
+        predictor = FCFIPredictor(net, device=self._device, **self._options)
+        predictor.warmup()  # the runtime's one-time set-up happens here, not in the first click
+        self._predictor = predictor
         self._image_key = None
         self.model_version = version
 
@@ -92,7 +99,7 @@ class InferenceWorker:
         try:
             net, version = self._load()
             self._install(net, version)
-            log.info("model %s ready on %s", version, self._device)
+            log.info("model %s ready on %s (runtime %s)", version, self._device, self.runtime)
         except Exception as exc:  # reported through /health and every /predict
             self._error = f"model failed to load: {exc}"
             self.model_version = "unavailable"

@@ -75,13 +75,22 @@ class ClickSegmentationModel(nn.Module):
     def forward(self, image: torch.Tensor, points: torch.Tensor,
                 new_points: torch.Tensor | None = None,
                 gate: torch.Tensor | float = 0.0) -> dict[str, torch.Tensor | None]:
+        rgb, encoding, prev_mask = self.prepare(image, points)
+        out = self.forward_features(rgb, encoding, prev_mask, new_points, gate)
+        return self.upsample_outputs(out, image.shape[-2:])
+
+    def prepare(self, image: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[B, 4, H, W] input and [B, 2N, 3] clicks -> normalized RGB [B, 3, H, W], click encoding
+        [B, k, H, W] and previous mask [B, 1, H, W]."""
         if image.dim() != 4 or image.shape[1] != 4:
             raise ValueError(f"image must be [B, 4, H, W] (RGB + previous mask), got {tuple(image.shape)}")
         rgb, prev_mask = image[:, :3], image[:, 3:4]
         rgb = (rgb - self.mean.to(rgb.dtype)) / self.std.to(rgb.dtype)
-        encoding = self.click_encoding(points, prev_mask)
-        out = self.forward_features(rgb, encoding, prev_mask, new_points, gate)
-        size = image.shape[-2:]
+        return rgb, self.click_encoding(points, prev_mask), prev_mask
+
+    def upsample_outputs(self, out: dict[str, torch.Tensor | None],
+                         size: tuple[int, int]) -> dict[str, torch.Tensor | None]:
+        """The :meth:`forward_features` dict resized to the input ``size`` (H, W), missing keys as None."""
         result: dict[str, torch.Tensor | None] = {}
         for key, value in out.items():
             if value is None or value.shape[-2:] == size:

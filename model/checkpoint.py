@@ -14,6 +14,7 @@ checkpoints load into :mod:`model.hrnet` / :mod:`model.deeplab`; ours into :mod:
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -107,8 +108,22 @@ def _deeplab_order(item: tuple[str, Any]) -> int:
     return _DEEPLAB_ORDER.index(item[0]) if item[0] in _DEEPLAB_ORDER else len(_DEEPLAB_ORDER)
 
 
+def checkpoint_bytes(net: nn.Module, meta: dict[str, Any] | None = None) -> bytes:
+    """The checkpoint file of ``net``: the one definition of the payload (``config``, ``state_dict`` and the
+    optional ``meta`` of builtins: training command, data, scores ...), serialized by ``torch.save``."""
+    payload: dict[str, Any] = {
+        "config": model_config(net),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+    }
+    if meta:
+        payload["meta"] = meta
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
 def save_checkpoint(net: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``net`` as an official-format checkpoint, atomically (temp file + rename).
+    """Write ``net`` as an official-format checkpoint (:func:`checkpoint_bytes`), atomically (temp file + rename).
 
     Args:
         net: a network from :func:`model.build_model`.
@@ -117,16 +132,11 @@ def save_checkpoint(net: nn.Module, path: str | os.PathLike, meta: dict[str, Any
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload: dict[str, Any] = {
-        "config": model_config(net),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-    }
-    if meta:
-        payload["meta"] = meta
+    data = checkpoint_bytes(net, meta)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(payload, tmp)
+        Path(tmp).write_bytes(data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -49,9 +49,44 @@ def cosine_affinity(embedding: torch.Tensor, gy: torch.Tensor, gx: torch.Tensor)
         [B, 1, h, w]; in [0, 1] when the embedding is non-negative (it ends in ReLU).
     """
     emb = F.normalize(embedding, dim=1, eps=1e-12)
-    idx = torch.arange(emb.shape[0], device=emb.device)
-    ref = emb[idx, :, gy, gx]  # [B, C]
-    return (emb * ref[:, :, None, None]).sum(dim=1, keepdim=True)
+    b, c, _, w = emb.shape
+    # A gather over the flattened grid (not advanced indexing) so the graph exports with dynamic sizes.
+    index = (gy * w + gx).view(b, 1, 1).expand(b, c, 1)
+    ref = emb.flatten(2).gather(2, index)  # [B, C, 1]
+    return (emb * ref.unsqueeze(3)).sum(dim=1, keepdim=True)
+
+
+def click_geometry(new_points: torch.Tensor, height: int, width: int, grid_h: int, grid_w: int,
+                   ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where FFCM looks, on the feature grid: the focus box and the cell of the newest click.
+
+    Args:
+        new_points: [B, 3] rows ``(y, x, label)`` in input pixels.
+        height, width: network-input size; grid_h, grid_w: feature-grid size.
+        ratio: the focus box is ratio*H by ratio*W (:func:`click_box`).
+    Returns:
+        ``(boxes, cells)``: long [B, 4] grid boxes ``(y0, y1, x0, x1)`` (ends exclusive) and long [B, 2]
+        grid cells ``(gy, gx)`` of the click.
+
+    Computed outside the network graph (it needs Python integers), so an exported graph takes both as inputs.
+    """
+    pts = new_points.detach().float().cpu()
+    gy = (pts[:, 0] * grid_h / height).long().clamp(0, grid_h - 1)
+    gx = (pts[:, 1] * grid_w / width).long().clamp(0, grid_w - 1)
+    boxes = [box_to_grid(click_box(float(p[0]), float(p[1]), height, width, ratio), height, width, grid_h, grid_w)
+             for p in pts]
+    device = new_points.device
+    return (torch.tensor(boxes, dtype=torch.long, device=device).view(-1, 4),
+            torch.stack([gy, gx], dim=1).to(device))
+
+
+def hard_box_mask(boxes: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """[B, 4] long boxes ``(y0, y1, x0, x1)`` (ends exclusive) -> bool [B, 1, grid_h, grid_w], True inside:
+    the crop-and-paste of inference as one ``where`` (no per-sample loop, so the graph exports)."""
+    ys = torch.arange(grid_h, device=boxes.device).view(1, grid_h, 1)
+    xs = torch.arange(grid_w, device=boxes.device).view(1, 1, grid_w)
+    y0, y1, x0, x1 = (boxes[:, i].view(-1, 1, 1) for i in range(4))
+    return ((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)).unsqueeze(1)
 
 
 def soft_box_mask(box_grid: torch.Tensor, grid_h: int, grid_w: int, slope: float = 10.0) -> torch.Tensor:
@@ -90,8 +125,9 @@ class FocusedCorrectionModule(nn.Module):
         )
 
     def forward(self, image: torch.Tensor, click_maps: torch.Tensor, features: torch.Tensor,
-                feedback: torch.Tensor, new_points: torch.Tensor,
-                soft_box: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                feedback: torch.Tensor, new_points: torch.Tensor, soft_box: bool | None = None,
+                geometry: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Correct the feedback around the newest click.
 
         Args:
@@ -102,13 +138,14 @@ class FocusedCorrectionModule(nn.Module):
             new_points: [B, 3] rows ``(y, x, label)`` in input pixels, label 1 positive, 0 negative.
             soft_box: blend with the soft box mask over the whole map (training, differentiable)
                 instead of the hard crop-and-paste; defaults to ``self.training``.
+            geometry: ``(boxes, cells)`` from :meth:`geometry` when computed ahead (an exported graph);
+                None computes it here.
         Returns:
             ``(corrected, box_mask)``: corrected feedback M_c [B, 1, h, w] in [0, 1]; the soft box
             mask [B, 1, h, w] when ``soft_box`` else None.
         """
         if soft_box is None:
             soft_box = self.training
-        height, width = image.shape[-2:]
         gh, gw = features.shape[-2:]
 
         def to_grid(t: torch.Tensor) -> torch.Tensor:
@@ -118,21 +155,17 @@ class FocusedCorrectionModule(nn.Module):
         x = torch.cat([to_grid(image), to_grid(click_maps), fb, features], dim=1)
         emb = self.info_encoder(x)
 
-        pts = new_points.detach().float()
-        gy = (pts[:, 0] * gh / height).long().clamp(0, gh - 1)
-        gx = (pts[:, 1] * gw / width).long().clamp(0, gw - 1)
-        affinity = cosine_affinity(emb, gy, gx)
-        label = pts[:, 2].to(fb.dtype).view(-1, 1, 1, 1)
+        boxes, cells = geometry if geometry is not None else self.geometry(new_points, image.shape[-2:], (gh, gw))
+        affinity = cosine_affinity(emb, cells[:, 0], cells[:, 1])
+        label = new_points[:, 2].to(fb.dtype).view(-1, 1, 1, 1)
         blended = label * affinity + (1.0 - affinity) * fb  # Eq. 2
-
-        boxes = [click_box(float(p[0]), float(p[1]), height, width, self.expansion_ratio)
-                 for p in pts.cpu()]
-        grid_boxes = [box_to_grid(b, height, width, gh, gw) for b in boxes]
         if soft_box:
-            box_t = torch.tensor(grid_boxes, dtype=fb.dtype, device=fb.device)
-            mask = soft_box_mask(box_t, gh, gw)
+            mask = soft_box_mask(boxes.to(fb.dtype), gh, gw)
             return mask * blended + (1.0 - mask) * fb, mask  # Eq. 3
-        corrected = fb.clone()
-        for b, (y0, y1, x0, x1) in enumerate(grid_boxes):
-            corrected[b, :, y0:y1, x0:x1] = blended[b, :, y0:y1, x0:x1]
-        return corrected, None
+        return torch.where(hard_box_mask(boxes, gh, gw), blended, fb), None
+
+    def geometry(self, new_points: torch.Tensor, input_size: tuple[int, int],
+                 grid_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`click_geometry` with this module's box ratio; sizes are ``(H, W)`` of the input and grid."""
+        return click_geometry(new_points, int(input_size[0]), int(input_size[1]), int(grid_size[0]),
+                              int(grid_size[1]), self.expansion_ratio)

@@ -128,23 +128,30 @@ class FPNDecoder(nn.Module):
         return self.refine(F.relu(x))
 
 
-def click_similarity(feats: torch.Tensor, disks: torch.Tensor) -> torch.Tensor:
+def click_similarity(feats: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every feature vector to the mean feature under the positive and under the
     negative click disks.
 
     Args:
         feats: [B, C, h, w] backbone features (stride 16).
-        disks: [B, 2, H, W] positive and negative click disks in {0, 1}.
+        weights: [B, 2, h, w] the positive and negative click disks average-pooled to the feature grid
+            (:meth:`Lite0FCFI.core_inputs`), in [0, 1].
     Returns:
         [B, 2, h, w] in [-1, 1]; a channel is 0 where its click type is absent.
 
     This hands the decoder "pixels that look like what was clicked" from the first step: with the clicks
     entering only as local maps, a short CPU budget learned blobs around the clicks, not objects.
     """
-    weights = F.adaptive_avg_pool2d(disks.to(feats.dtype), feats.shape[-2:])  # [B, 2, h, w]
+    weights = weights.to(feats.dtype)
     f = F.normalize(feats, dim=1)
     protos = torch.einsum("bkhw,bchw->bkc", weights, f) / weights.sum((2, 3)).clamp_min(1e-6)[..., None]
     return torch.einsum("bkc,bchw->bkhw", F.normalize(protos, dim=2), f)
+
+
+def grid_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """Feature-grid size of an ``(H, W)`` input at ``stride`` (a power of two): every stride-2 conv of the
+    trunk pads ``k // 2`` and so halves a side rounding up."""
+    return -(-int(size[0]) // stride), -(-int(size[1]) // stride)
 
 
 class Lite0FeatureExtractor(nn.Module):
@@ -229,24 +236,56 @@ class Lite0FCFI(ClickSegmentationModel):
         """Parameters initialised from ImageNet (trained with a smaller learning rate)."""
         return list(self.feature_extractor.backbone.parameters())
 
-    def forward_features(self, rgb: torch.Tensor, encoding: torch.Tensor, prev_mask: torch.Tensor,
-                         new_points: torch.Tensor | None,
-                         gate: torch.Tensor | float) -> dict[str, torch.Tensor | None]:
+    def core_inputs(self, rgb: torch.Tensor, encoding: torch.Tensor, prev_mask: torch.Tensor,
+                    new_points: torch.Tensor | None, gate: torch.Tensor | float) -> tuple[torch.Tensor, ...]:
+        """Everything :meth:`forward_core` needs, with the parts that need Python integers or adaptive
+        pooling (which export poorly) computed here, outside the graph.
+
+        Args: as :meth:`forward_features` (``rgb`` [B, 3, H, W], ``encoding`` [B, 3, H, W], ``prev_mask``
+        [B, 1, H, W], ``new_points`` [B, 3], ``gate`` scalar or [B]).
+        Returns:
+            ``(rgb, encoding, prev_mask, sim_weights, skip_maps, boxes, cells, new_points, gate)``:
+            ``sim_weights`` [B, 2, H/16, W/16] pooled click disks (see :func:`click_similarity`),
+            ``skip_maps`` [B, 2 or 3, H/4, W/4] max-pooled click maps for the decoder skip, ``boxes`` long
+            [B, 4] and ``cells`` long [B, 2] FFCM's focus box and click cell on the stride-4 grid,
+            ``new_points`` [B, 3] (only its label column is read past this point), ``gate`` [B]. Sizes round
+            up (:func:`grid_size`). Without FFCM, ``new_points`` may be None and boxes, cells and points are zeros.
+        """
+        size = rgb.shape[-2:]
+        size4, size16 = grid_size(size, 4), grid_size(size, 16)
+        b = rgb.shape[0]
+        sim_weights = F.adaptive_avg_pool2d(encoding[:, 1:3], size16)
+        maps = encoding if self.skip_prev_mask else encoding[:, 1:3]
+        skip_maps = F.adaptive_max_pool2d(maps, size4)
+        if self.use_ffcm:
+            new_points = require_new_points(new_points)
+            boxes, cells = self.feature_extractor.correction_module.geometry(new_points, size, size4)
+            new_points = new_points.to(rgb.dtype)
+        else:
+            boxes = torch.zeros(b, 4, dtype=torch.long, device=rgb.device)
+            cells = torch.zeros(b, 2, dtype=torch.long, device=rgb.device)
+            new_points = torch.zeros(b, 3, dtype=rgb.dtype, device=rgb.device)
+        gate_t = torch.as_tensor(gate, dtype=rgb.dtype, device=rgb.device).expand(b).contiguous()
+        return rgb, encoding, prev_mask, sim_weights, skip_maps, boxes, cells, new_points, gate_t
+
+    def forward_core(self, rgb: torch.Tensor, encoding: torch.Tensor, prev_mask: torch.Tensor,
+                     sim_weights: torch.Tensor, skip_maps: torch.Tensor, boxes: torch.Tensor, cells: torch.Tensor,
+                     new_points: torch.Tensor, gate: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """The network proper on :meth:`core_inputs`; pure tensor code, so it exports as one graph with
+        dynamic batch and size. Returns the :meth:`forward_features` dict (maps at stride 4)."""
         fe = self.feature_extractor
         taps = fe.backbone(rgb, self.maps_transform(encoding))
         skip = None
         if hasattr(fe, "click_skip"):
-            size = taps[0].shape[-2:]
-            sim = F.interpolate(click_similarity(taps[2], encoding[:, 1:3]), size=size, mode="bilinear",
+            sim = F.interpolate(click_similarity(taps[2], sim_weights), size=taps[0].shape[-2:], mode="bilinear",
                                 align_corners=False)
-            maps = encoding if self.skip_prev_mask else encoding[:, 1:3]
-            skip = fe.click_skip(torch.cat([F.adaptive_max_pool2d(maps, size), sim], 1))
+            skip = fe.click_skip(torch.cat([skip_maps, sim], 1))
         feats = fe.decoder(taps, skip)
         out: dict[str, torch.Tensor | None] = {"box_mask": None}
         feedback = prev_mask
         if self.use_ffcm:
-            feedback, out["box_mask"] = fe.correction_module(
-                rgb, encoding, feats, prev_mask, require_new_points(new_points))
+            feedback, out["box_mask"] = fe.correction_module(rgb, encoding, feats, prev_mask, new_points,
+                                                             geometry=(boxes, cells))
             out["feedback1"] = feedback
         if self.use_cffm:
             feats, out["feedback2"] = fe.fusion_module(feats, feedback, gate)
@@ -256,3 +295,8 @@ class Lite0FCFI(ClickSegmentationModel):
             feats = torch.cat([feats, fb], dim=1)
         out["instances"] = fe.head(feats)
         return out
+
+    def forward_features(self, rgb: torch.Tensor, encoding: torch.Tensor, prev_mask: torch.Tensor,
+                         new_points: torch.Tensor | None,
+                         gate: torch.Tensor | float) -> dict[str, torch.Tensor | None]:
+        return self.forward_core(*self.core_inputs(rgb, encoding, prev_mask, new_points, gate))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clicks import Click, points_tensor
+from .runtime import make_runner
 from .zoom_in import Box, next_roi
 
 #: A pixel is object where its probability is above this (0.49, as the official evaluation thresholds). The one
@@ -114,12 +116,14 @@ class FCFIPredictor:
         max_size: longest network-input side when not zoomed (big images are scaled down); 0 = none.
         threshold: probability above which a pixel is object (:data:`MASK_THRESHOLD`), see :meth:`mask`.
         autocast_dtype: run the network under ``torch.autocast`` with this dtype (e.g. bfloat16).
+        runtime: who runs the network pass (:data:`model.runtime.RUNTIMES`, see :func:`model.runtime.make_runner`);
+            None calls ``net`` itself as it is (training and evaluation code).
     """
 
     def __init__(self, net: nn.Module, device: str | torch.device | None = None, zoom_in: bool = True,
                  target_size: int = 480, expansion_ratio: float = 3.0, min_crop_size: int = 200,
                  skip_clicks: int = 1, flip: bool = True, max_size: int = 800, threshold: float = MASK_THRESHOLD,
-                 autocast_dtype: torch.dtype | None = None) -> None:
+                 autocast_dtype: torch.dtype | None = None, runtime: str | None = None) -> None:
         if device is None:
             first = next(net.parameters(), None)
             device = first.device if first is not None else torch.device("cpu")
@@ -134,9 +138,16 @@ class FCFIPredictor:
         self.max_size = int(max_size)
         self.threshold = float(threshold)
         self.autocast_dtype = autocast_dtype
+        self.runner = make_runner(self.net, runtime) if runtime is not None else None
+        #: the runtime actually used ("torch" after a fallback; None: the network called as it is).
+        self.runtime = self.runner.name if self.runner is not None else None
         #: network passes run so far (one per click; replay runs one per replayed click).
         self.num_passes = 0
+        #: milliseconds of the last :meth:`predict` by stage: ``prepare`` (ROI, crop, resize, flip, click
+        #: tensors), ``network`` (the runner), ``post`` (flip average, sigmoid, paste, quantization).
+        self.timings: dict[str, float] = {}
         self._image: torch.Tensor | None = None
+        self._rgb_cache: tuple[tuple, torch.Tensor] | None = None
         self._image_id = ""
         self._size = (0, 0)
 
@@ -157,6 +168,17 @@ class FCFIPredictor:
         self._image_id = image_fingerprint(rgb)
         self._size = (rgb.shape[0], rgb.shape[1])
         self._image = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255.0)
+        self._rgb_cache = None
+
+    def warmup(self, height: int = 360, width: int = 480) -> None:
+        """Run one pass on a blank ``height`` x ``width`` input so that the runtime's one-time set-up (kernel
+        selection, memory pools) is not paid by the first click. Changes no state; not counted in ``num_passes``."""
+        batch = 2 if self.flip else 1
+        x = torch.zeros(batch, 4, height, width, device=self.device)
+        points = points_tensor([[(height / 2, width / 2, True)]] * batch, self.device)
+        new_pts = torch.tensor([[height / 2, width / 2, 1.0]] * batch, device=self.device)
+        with torch.inference_mode():
+            (self.runner or self.net)(x, points, new_pts, torch.zeros(batch, device=self.device))
 
     @property
     def image_id(self) -> str:
@@ -186,6 +208,7 @@ class FCFIPredictor:
         clicks = tuple(clicks)
         self._check_clicks(clicks)
         start = 0
+        self.timings = {"prepare": 0.0, "network": 0.0, "post": 0.0}
         if state is not None:
             if state.image_id != self._image_id:
                 raise ValueError("state belongs to another image")
@@ -212,9 +235,9 @@ class FCFIPredictor:
     def _step(self, clicks: tuple[Click, ...], prev: PredictorState | None) -> PredictorState:
         """One network pass for ``clicks[-1]`` given the state of ``clicks[:-1]``."""
         assert self._image is not None
+        t0 = time.perf_counter()
         h, w = self._size
         first = prev is None
-        prev_probs = np.zeros((h, w), np.float32) if first else dequantize(prev.feedback)
 
         roi: Box | None = None
         if self.zoom_in and len(clicks) > self.skip_clicks and not first:
@@ -227,10 +250,15 @@ class FCFIPredictor:
             scale = self.max_size / max(crop_h, crop_w)
         out_h, out_w = max(1, int(round(crop_h * scale))), max(1, int(round(crop_w * scale)))
 
-        prev_t = torch.from_numpy(prev_probs).to(self.device)[None, None]
-        x = torch.cat([self._image, prev_t], dim=1)[:, :, rmin:rmax + 1, cmin:cmax + 1]
+        # Only the crop is dequantized and resized; the RGB part depends on the image and the box alone, so it is
+        # kept for the next click (large objects keep the same ROI click after click).
+        box = (rmin, rmax, cmin, cmax)
+        prev_crop = (np.zeros((crop_h, crop_w), np.float32) if first
+                     else dequantize(prev.feedback[rmin:rmax + 1, cmin:cmax + 1]))
+        prev_t = torch.from_numpy(prev_crop).to(self.device)[None, None]
         if (out_h, out_w) != (crop_h, crop_w):
-            x = F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=True)
+            prev_t = F.interpolate(prev_t, size=(out_h, out_w), mode="bilinear", align_corners=True)
+        x = torch.cat([self._input_rgb(box, (out_h, out_w)), prev_t], dim=1)
 
         # Clicks in network-input pixels; the flipped batch entry gets x' = W - 1 - x.
         tclicks = [(out_h * (c.y - rmin) / crop_h, out_w * (c.x - cmin) / crop_w, c.positive) for c in clicks]
@@ -244,11 +272,13 @@ class FCFIPredictor:
         points = points_tensor(batch_clicks, self.device)
         new_pts = torch.tensor(new_points, dtype=torch.float32, device=self.device)
         gate = torch.full((x.shape[0],), 0.0 if first else 1.0, device=self.device)
+        t1 = time.perf_counter()
 
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                                                     enabled=self.autocast_dtype is not None):
-            out = self.net(x, points, new_pts, gate)
+            out = (self.runner or self.net)(x, points, new_pts, gate)
         self.num_passes += 1
+        t2 = time.perf_counter()
 
         logits = out["instances"].float()
         fb2 = out.get("feedback2")
@@ -258,20 +288,42 @@ class FCFIPredictor:
             logits = 0.5 * (logits[:1] + torch.flip(logits[1:], dims=[3]))
             if fb2 is not None:
                 fb2 = 0.5 * (fb2[:1] + torch.flip(fb2[1:], dims=[3]))
-        probs = self._paste(torch.sigmoid(logits), (rmin, rmax, cmin, cmax))
-        roi_map = quantize(self._paste(fb2, (rmin, rmax, cmin, cmax))) if fb2 is not None else None
-        return PredictorState(clicks, probs, quantize(probs), roi_map, roi, self._image_id)
+        probs, feedback = self._paste(torch.sigmoid(logits), box, keep_float=True)
+        roi_map = self._paste(fb2, box)[1] if fb2 is not None else None
+        t3 = time.perf_counter()
+        for stage, ms in (("prepare", t1 - t0), ("network", t2 - t1), ("post", t3 - t2)):
+            self.timings[stage] += ms * 1000.0
+        return PredictorState(clicks, probs, feedback, roi_map, roi, self._image_id)
 
-    def _paste(self, m: torch.Tensor, box: Box) -> np.ndarray:
-        """[1, 1, h, w] network-input map -> HxW float32 image map, zero outside the box."""
+    def _input_rgb(self, box: Box, size: tuple[int, int]) -> torch.Tensor:
+        """[1, 3, h, w] RGB network input of the image crop ``box`` resized to ``size`` (cached for one box)."""
+        key = (box, size)
+        if self._rgb_cache is None or self._rgb_cache[0] != key:
+            assert self._image is not None
+            rmin, rmax, cmin, cmax = box
+            rgb = self._image[:, :, rmin:rmax + 1, cmin:cmax + 1]
+            if tuple(rgb.shape[-2:]) != size:
+                rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=True)
+            self._rgb_cache = (key, rgb)
+        return self._rgb_cache[1]
+
+    def _paste(self, m: torch.Tensor, box: Box, keep_float: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
+        """[1, 1, h, w] network-input map in [0, 1] -> HxW image maps, zero outside the box: float32 (only with
+        ``keep_float``, else None) and uint8 (:func:`quantize`, computed on the crop only)."""
         rmin, rmax, cmin, cmax = box
         crop = (rmax - rmin + 1, cmax - cmin + 1)
         if tuple(m.shape[-2:]) != crop:
             m = F.interpolate(m, size=crop, mode="bilinear", align_corners=True)
+        m = m[0, 0].clamp(0.0, 1.0)
         h, w = self._size
+        q = np.zeros((h, w), np.uint8)
+        # torch rounds half to even like np.rint, so this equals quantize() of the float map, with both threads.
+        q[rmin:rmax + 1, cmin:cmax + 1] = torch.round(m * 255.0).to(torch.uint8).cpu().numpy()
+        if not keep_float:
+            return None, q
         full = np.zeros((h, w), np.float32)
-        full[rmin:rmax + 1, cmin:cmax + 1] = m[0, 0].clamp(0.0, 1.0).cpu().numpy()
-        return full
+        full[rmin:rmax + 1, cmin:cmax + 1] = m.cpu().numpy()
+        return full, q
 
 
 def image_fingerprint(rgb: np.ndarray) -> str:
