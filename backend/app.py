@@ -16,18 +16,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .errors import BadRequest, Overloaded, ServiceError, TooLarge
-from .fit import FitManager, image_loader, predictor_options, summary
+from .errors import BadRequest, Overloaded, ServiceError
+from .fit import FitManager
 from .fit_queue import make_fit_queue
+from .images import image_loader
+from .inference_worker import InferenceWorker
 from .redis_feedback import make_feedback_store
 from .service import PredictService
-from .settings import Settings
+from .settings import Settings, predictor_options
 from .training_store import TrainingStore
-from .webhooks import AnnotationEvent, DeleteEvent, TrainEvent, parse_event
-from .worker import InferenceWorker
+from .versions import load_serving
+from .webhook_service import WebhookService
 
 log = logging.getLogger(__name__)
 OPEN_ROUTES = {"/health"}
@@ -47,7 +50,11 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
     # queued in Redis for `python -m backend.fit_worker`.
     fit = FitManager(settings, training, queue=make_fit_queue(settings))
     if worker is None:
-        worker = InferenceWorker(fit.loader, predictor_options(settings), settings.device, settings.queue_size,
+        def load() -> tuple[torch.nn.Module, str]:  # in the worker thread: the promoted version, else the base
+            serving = load_serving(settings)
+            return serving.net, serving.version
+
+        worker = InferenceWorker(load, predictor_options(settings), settings.device, settings.queue_size,
                                  settings.torch_threads, settings.max_queue_wait_s).start()
     fit.start(worker)
     images = image_loader(settings)
@@ -55,6 +62,7 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
     service = PredictService(worker, images, store, settings.max_clicks, settings.request_timeout,
                              hot_bytes=settings.feedback_hot_mb << 20,
                              max_interactive_tasks=settings.max_interactive_tasks)
+    webhooks = WebhookService(training, fit, settings.max_image_pixels, settings.webhook_max_delete)
     if not settings.webhook_secret and not settings.basic_auth_user:
         log.warning("neither WEBHOOK_SECRET nor BASIC_AUTH_USER is set: anyone who reaches this port can post "
                     "annotations to /webhook and start training; set one before exposing the backend")
@@ -132,32 +140,7 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
 
     @app.post("/webhook")
     def webhook() -> Response:
-        event = parse_event(body(), max_pixels=settings.max_image_pixels)
-        action = getattr(event, "action", type(event).__name__)
-        if isinstance(event, AnnotationEvent):
-            stored = training.replace_annotation(event)
-            for reason in event.skipped:
-                log.info("webhook %s annotation %s: skipped %s", event.action, event.annotation_id, reason)
-            log.info("webhook %s annotation %s: %d samples stored (%d in store)", event.action,
-                     event.annotation_id, stored, training.count())
-            job = fit.samples_stored() if stored else None  # FIT_EVERY_N_SAMPLES; queues only, never trains here
-            return jsonify(status="ok", action=event.action, stored=stored, skipped=event.skipped,
-                           fit_job=summary(job))
-        if isinstance(event, DeleteEvent):
-            if len(event.annotation_ids) > settings.webhook_max_delete:
-                raise TooLarge(f"ANNOTATIONS_DELETED names {len(event.annotation_ids):,} annotations; at most "
-                               f"{settings.webhook_max_delete} per event are deleted (WEBHOOK_MAX_DELETE); "
-                               "nothing was deleted")
-            removed = training.delete_annotations(event.annotation_ids)
-            log.info("webhook ANNOTATIONS_DELETED %s: %d samples removed", event.annotation_ids, removed)
-            return jsonify(status="ok", action="ANNOTATIONS_DELETED", removed=removed)
-        if isinstance(event, TrainEvent):
-            job = fit.request("START_TRAINING", project_id=event.project_id)  # queued; trained in another process
-            log.info("webhook START_TRAINING for project %s: %d samples stored, fit job %s %s", event.project_id,
-                     training.count(), job["id"], job["status"])
-            return jsonify(status="ok", action="START_TRAINING", samples=training.count(), job=summary(job))
-        log.info("webhook %s ignored", action)
-        return jsonify(status="ignored", action=action)
+        return jsonify(webhooks.handle(body()))
 
     @app.route("/versions", methods=["GET", "POST"])
     def versions() -> Response:

@@ -1,27 +1,11 @@
-"""The fit hook: fine-tuning on the annotators' masks, off the request path, one job at a time.
+"""The fit manager: the part of the learning path that lives in the app.
 
 A *job* fine-tunes the serving network on the samples of the training store (:mod:`backend.training_store`),
-measures NoC@85/90 on held-out samples before and after, and promotes the result only if it is not worse.
-The job runs in its own process (``python -m backend.fit_job``, :mod:`backend.fit_job`), or, with ``REDIS_URL``
-set, in ``python -m backend.fit_worker`` through an RQ queue (:mod:`backend.fit_queue`); this module holds what the
-app and the job share and the :class:`FitManager` living in the app.
-
-Layout under ``MODEL_DIR``::
-
-    current.json               the pointer: the serving version, its checkpoint, the base it was fine-tuned from,
-                               and every promoted version (written atomically; the commit point of a promotion)
-    versions/<version>.pth     promoted checkpoints (written atomically before the pointer names them)
-    fit/state.json             jobs (queued, running with progress, promoted, rejected, failed) and the sample
-                               watermark of the N-samples trigger (written atomically under fit/state.lock)
-    fit/job.lock               held (``fcntl.flock``) by the process that runs a job, for the job's whole life
-    fit/job-<id>.log           the job process's log
-    fit/rejected.pth           the candidate of the last rejected job (for inspection)
-    training/                  the training store
-
-Versions: the base version is ``MODEL_VERSION`` or the configured checkpoint's (:func:`checkpoint_version`);
-promoted ones are ``<base>-v1``, ``<base>-v2`` ... . The app serves the pointer's version when the pointer's base
-equals the configured base (a new ``CHECKPOINT`` starts a new line of versions instead of serving fine-tunes of
-the old one).
+measures NoC@85/90 on held-out samples before and after, and promotes the result only if it is not worse
+(:mod:`backend.fit_job`). The job runs in its own process (``python -m backend.fit_job``), or, with ``REDIS_URL``
+set, in ``python -m backend.fit_worker`` through an RQ queue (:mod:`backend.fit_queue`). The :class:`FitManager`
+queues jobs, spawns or enqueues them, reaps them and swaps promoted versions into the inference worker. The jobs'
+state is :mod:`backend.fit_state`; versions and the serving pointer are :mod:`backend.versions`.
 
 Triggers: a ``START_TRAINING`` webhook, or ``FIT_EVERY_N_SAMPLES`` new sample rows since the last job. Triggers
 coalesce: while a job is queued a new trigger joins it; while one runs, one more job is queued.
@@ -42,374 +26,33 @@ above. Promoted versions reach every replica through the serving version publish
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import errno
-import fcntl
-import hashlib
-import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-import typing
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
-import torch
 from rq.job import JobStatus
 
-from model import default_checkpoint_path, load_checkpoint
+from model import load_checkpoint
 
-from .atomic import atomic_write_bytes
 from .fit_queue import WAITING, FitQueue
-from .images import ImageLoader
-from .ls_auth import LabelStudioAuth
-from .settings import Settings
+from .fit_state import FIT_DIR, JOB_LOCK, FitState, describe, now, try_lock
+from .settings import Settings, settings_to_json
+from .versions import POINTER, VERSIONS_DIR, base_version, promoted_versions, read_pointer
 
 log = logging.getLogger(__name__)
 
-POINTER = "current.json"
-VERSIONS_DIR = "versions"
-FIT_DIR = "fit"
-STATE_FILE = "state.json"
-STATE_LOCK = "state.lock"
-JOB_LOCK = "job.lock"
-REJECTED = "rejected.pth"
-MAX_JOBS = 100  # jobs kept in fit/state.json (older finished ones are dropped)
 MAX_ATTEMPTS = 3  # an interrupted job is queued again on app start until it has run this often
 POLL_S = 0.25  # how often the manager looks at the job, the lock and the pointer
 REDIS_POLL_S = 1.0  # with REDIS_URL: how often the manager asks Redis (queued job, published serving version)
-FINISHED = ("promoted", "rejected", "failed")
 STALE_TMP_S = 600.0  # temp files older than this were left by a killed writer (writes take about a second)
 SETTINGS_ENV = "FIT_SETTINGS_JSON"  # the app's Settings, for the job process
-
-
-# -- files ------------------------------------------------------------------------------------------------------------
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """:func:`atomic_write_bytes` of ``obj`` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
-
-
-def read_json(path: Path) -> Any | None:
-    """The JSON in ``path``, or None when the file does not exist."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-
-
-def save_checkpoint_atomic(net: torch.nn.Module, path: Path, meta: dict[str, Any]) -> Path:
-    """Write ``net`` as a checkpoint (:func:`model.checkpoint.checkpoint_bytes`), fsync-ed before it is renamed:
-    the model package defines the payload, the backend adds only durability."""
-    from model.checkpoint import checkpoint_bytes
-
-    atomic_write_bytes(path, checkpoint_bytes(net, meta))
-    return path
-
-
-# -- settings for the job process -------------------------------------------------------------------------------------
-
-
-def settings_to_json(settings: Settings) -> str:
-    """The app's settings as JSON (paths made absolute, so the job process resolves them the same way)."""
-    out = {}
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        if isinstance(value, Path):
-            value = str(value.resolve())
-        out[f.name] = value
-    if out.get("checkpoint") not in (None, "", "default"):
-        out["checkpoint"] = str(Path(out["checkpoint"]).resolve())
-    return json.dumps(out, default=str)
-
-
-def settings_from_json(text: str) -> Settings:
-    """Inverse of :func:`settings_to_json`; unknown keys (another code version) are ignored."""
-    raw = json.loads(text)
-    hints = typing.get_type_hints(Settings)
-    known = {f.name for f in dataclasses.fields(Settings)}
-    values = {}
-    for name, value in raw.items():
-        if name not in known:
-            continue
-        if value is not None and Path in typing.get_args(hints[name]) + (hints[name],):
-            value = Path(value)
-        values[name] = value
-    return Settings(**values)
-
-
-def image_loader(settings: Settings, cache_items: int | None = None) -> ImageLoader:
-    """The image loader the settings describe (the app's and the job's, so both fetch images the same way)."""
-    auth = LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key, timeout=10.0)
-    return ImageLoader(auth=auth, local_files_root=settings.local_files_root, max_bytes=settings.max_image_bytes,
-                       max_pixels=settings.max_image_pixels,
-                       cache_items=settings.image_cache_items if cache_items is None else cache_items,
-                       timeout=10.0, allow_private_hosts=settings.allow_private_urls,
-                       cache_bytes=settings.image_cache_mb << 20)
-
-
-def predictor_options(settings: Settings) -> dict[str, Any]:
-    """The serving predictor's options (the inference worker and the job's evaluation use the same)."""
-    return dict(zoom_in=settings.zoom_in, flip=settings.flip, target_size=settings.target_size,
-                expansion_ratio=settings.expansion_ratio, max_size=settings.max_size, runtime=settings.runtime)
-
-
-# -- versions and the serving checkpoint ------------------------------------------------------------------------------
-
-
-def checkpoint_version(path: Path, net: torch.nn.Module) -> str:
-    """``model_version`` of a checkpoint: its meta entry, else name + content hash."""
-    meta = getattr(net, "checkpoint_meta", {}) or {}
-    if isinstance(meta.get("model_version"), str):
-        return meta["model_version"]
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
-    return f"fcfi-{path.stem}-{digest}"
-
-
-def read_pointer(model_dir: Path) -> dict[str, Any] | None:
-    """``MODEL_DIR/current.json``, or None when no version was ever promoted (or the file is unreadable)."""
-    try:
-        pointer = read_json(Path(model_dir) / POINTER)
-    except (OSError, ValueError) as exc:
-        log.error("cannot read %s: %s; serving the configured checkpoint", Path(model_dir) / POINTER, exc)
-        return None
-    if not isinstance(pointer, dict) or not isinstance(pointer.get("serving"), str):
-        return None
-    return pointer
-
-
-def promoted_versions(pointer: dict[str, Any] | None, base: str) -> list[dict[str, Any]]:
-    """The pointer's promoted entries fine-tuned from ``base``, oldest first."""
-    if not pointer:
-        return []
-    return [e for e in pointer.get("promoted", []) if isinstance(e, dict) and e.get("base") == base]
-
-
-def version_file_name(version: str) -> str:
-    """A file name for a version string (anything but ``[A-Za-z0-9._-]`` becomes ``_``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", version) + ".pth"
-
-
-def next_version(model_dir: Path, base: str) -> str:
-    """``<base>-v<n>``: one more than every promoted version of ``base`` and every file already in versions/
-    (a file a killed job left without committing the pointer is never overwritten)."""
-    numbers = [0]
-    pattern = re.compile(re.escape(base) + r"-v(\d+)$")
-    for entry in promoted_versions(read_pointer(model_dir), base):
-        m = pattern.match(str(entry.get("version", "")))
-        if m:
-            numbers.append(int(m.group(1)))
-    file_pattern = re.compile(re.escape(version_file_name(base)[:-4]) + r"-v(\d+)\.pth$")
-    folder = Path(model_dir) / VERSIONS_DIR
-    if folder.is_dir():
-        for p in folder.iterdir():
-            m = file_pattern.match(p.name)
-            if m:
-                numbers.append(int(m.group(1)))
-    return f"{base}-v{max(numbers) + 1}"
-
-
-def prune_versions(model_dir: Path, promoted: list[dict[str, Any]], keep: int) -> list[str]:
-    """Delete the checkpoint files of all but the newest ``keep`` promoted versions (each is about 12 MB).
-
-    The pointer keeps every entry as history; the served version is the newest, so it always stays. Returns the
-    versions whose files were deleted. ``keep`` < 1 keeps everything.
-    """
-    if keep < 1:
-        return []
-    removed = []
-    for entry in promoted[:-keep]:
-        rel = entry.get("checkpoint")
-        if not isinstance(rel, str):
-            continue
-        path = Path(model_dir) / rel
-        if path.parent.name != VERSIONS_DIR or not path.is_file():
-            continue  # never delete outside versions/; already gone
-        try:
-            path.unlink()
-            removed.append(str(entry.get("version")))
-        except OSError as exc:
-            log.warning("cannot prune %s: %s", path, exc)
-    return removed
-
-
-@dataclass
-class Serving:
-    """What the service serves: ``net`` as ``version``, fine-tuned from ``base_version`` (equal when not)."""
-
-    net: torch.nn.Module
-    version: str
-    base_version: str
-    path: Path
-
-
-def load_serving(settings: Settings, device: str | None = None) -> Serving:
-    """Load the serving network: the pointer's version if it was fine-tuned from the configured base, else the base.
-
-    The base is ``CHECKPOINT`` (or the shipped weights) and its version ``MODEL_VERSION`` or
-    :func:`checkpoint_version`. Raises like :func:`model.load_checkpoint` when the base cannot be loaded.
-    """
-    device = device or settings.device
-    if settings.checkpoint and settings.checkpoint != "default":
-        path = Path(settings.checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"CHECKPOINT={path} does not exist")
-        net = load_checkpoint(path, device=device)
-    else:  # the shipped weights; load_checkpoint explains how to make them when they are missing
-        path = default_checkpoint_path()
-        net = load_checkpoint(None, device=device)
-    base = settings.model_version or checkpoint_version(path, net)
-    pointer = read_pointer(Path(settings.model_dir))
-    if pointer is None:
-        return Serving(net, base, base, path)
-    if pointer.get("base") != base:
-        log.warning("%s names %s, fine-tuned from %r, but the configured checkpoint is %r: serving %r",
-                    POINTER, pointer["serving"], pointer.get("base"), base, base)
-        return Serving(net, base, base, path)
-    promoted_path = Path(settings.model_dir) / str(pointer.get("checkpoint", ""))
-    try:
-        promoted = load_checkpoint(promoted_path, device=device)
-    except Exception as exc:  # a damaged file must not take the service down: serve the base, say why
-        log.error("cannot load the promoted version %s from %s (%s); serving %r", pointer["serving"],
-                  promoted_path, exc, base)
-        return Serving(net, base, base, path)
-    del net
-    return Serving(promoted, pointer["serving"], base, promoted_path)
-
-
-def decide(before: dict[str, float], after: dict[str, float]) -> tuple[bool, str]:
-    """Promote iff the candidate is not worse: NoC@90 lower or equal, ties broken by NoC@85, then by mIoU.
-
-    The last tie-break matters when NoC saturates (every sample at the click limit, e.g. a weak model or few
-    evaluation clicks): NoC cannot tell a broken candidate from a good one there, the mean IoU can.
-    Returns ``(promote, reason)``.
-    """
-    for key, lower_is_better, tol in (("noc90", True, 1e-9), ("noc85", True, 1e-9), ("miou", False, 1e-6)):
-        b, a = float(before[key]), float(after[key])
-        if abs(a - b) > tol:
-            better = a < b if lower_is_better else a > b
-            name = {"noc90": "NoC@90", "noc85": "NoC@85", "miou": "mIoU"}[key]
-            return better, f"{name} {b:.3f} -> {a:.3f} ({'better' if better else 'worse'})"
-    return True, "not worse: NoC@90, NoC@85 and mIoU unchanged"
-
-
-# -- locks and state --------------------------------------------------------------------------------------------------
-
-
-def try_lock(path: Path) -> int | None:
-    """An fd holding an exclusive ``flock`` on ``path``, or None when another open file holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-    return fd
-
-
-def now() -> float:
-    return round(time.time(), 3)
-
-
-class FitState:
-    """``MODEL_DIR/fit/state.json``: read without a lock (atomic file), changed under ``fit/state.lock``.
-
-    Schema: ``{"schema": 1, "next_id": int, "watermark": int, "jobs": [job, ...]}``, jobs ordered by id. A job is
-    a dict: ``id, status (queued|running|promoted|rejected|failed), trigger, project_id, queued_at, started_at,
-    finished_at, wall_s, pid, progress {phase, step, total}, samples {train, val, holdout, skipped}, before, after
-    ({noc85, noc90, miou, n, clicks}), start_version, version (promoted), reason, error, interrupted, attempt,
-    retry_of, log``.
-    """
-
-    def __init__(self, model_dir: Path) -> None:
-        self.dir = Path(model_dir) / FIT_DIR
-        self.path = self.dir / STATE_FILE
-        self.lock_path = self.dir / STATE_LOCK
-        self._thread_lock = threading.Lock()
-
-    def read(self) -> dict[str, Any]:
-        try:
-            state = read_json(self.path)
-        except ValueError:  # cannot happen with atomic writes; start afresh rather than fail every request
-            log.error("%s is not valid JSON; starting a new job history", self.path)
-            state = None
-        if not isinstance(state, dict):
-            state = {}
-        state.setdefault("schema", 1)
-        state.setdefault("next_id", 1)
-        state.setdefault("watermark", 0)
-        state.setdefault("jobs", [])
-        return state
-
-    @contextlib.contextmanager
-    def edit(self) -> Iterator[dict[str, Any]]:
-        """Read-modify-write under the lock (threads and processes); the change is written when the block ends."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with self._thread_lock:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                state = self.read()
-                yield state
-                excess = len(state["jobs"]) - MAX_JOBS
-                if excess > 0:  # drop the oldest finished jobs
-                    old = {j["id"] for j in state["jobs"] if j["status"] in FINISHED}
-                    old = set(sorted(old)[:excess])
-                    state["jobs"] = [j for j in state["jobs"] if j["id"] not in old]
-                atomic_write_json(self.path, state)
-            finally:
-                os.close(fd)
-
-    @staticmethod
-    def job(state: dict[str, Any], job_id: int) -> dict[str, Any] | None:
-        return next((j for j in state["jobs"] if j["id"] == job_id), None)
-
-    def update_job(self, job_id: int, **fields: Any) -> dict[str, Any]:
-        """Set fields of one job; returns a copy of the job."""
-        with self.edit() as state:
-            job = self.job(state, job_id)
-            if job is None:
-                raise KeyError(f"no fit job {job_id}")
-            job.update(fields)
-            return dict(job)
-
-
-def summary(job: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The few fields of a job a webhook answer carries."""
-    if job is None:
-        return None
-    return {k: job.get(k) for k in ("id", "status", "trigger")}
-
-
-def describe(job: dict[str, Any]) -> str:
-    """One log line for a job's status."""
-    text = f"fit job {job['id']} {job['status']}"
-    progress = job.get("progress") or {}
-    if job["status"] == "running" and progress:
-        text += f" ({progress.get('phase')} {progress.get('step', 0)}/{progress.get('total', 0)})"
-    if job.get("before") and job.get("after"):
-        b, a = job["before"], job["after"]
-        text += (f": NoC@85 {b['noc85']:.2f} -> {a['noc85']:.2f}, NoC@90 {b['noc90']:.2f} -> {a['noc90']:.2f} "
-                 f"on {b['n']} held-out samples")
-    if job.get("version"):
-        text += f"; now serving {job['version']}"
-    if job.get("reason") and job["status"] in FINISHED:
-        text += f" ({job['reason']})"
-    if job.get("error"):
-        text += f": {job['error']}"
-    return text
 
 
 # -- the manager in the app -------------------------------------------------------------------------------------------
@@ -435,7 +78,13 @@ class FitManager:
         self.queue = queue
         self.spawn = spawn and queue is None  # queued jobs run in the fit worker
         self.worker: Any = None
+        #: the configured base's version: promoted versions fine-tuned from it are served (None: unreadable base,
+        #: which the inference worker reports as it fails to load).
         self.base_version: str | None = None
+        try:
+            self.base_version = base_version(settings)
+        except Exception as exc:  # noqa: BLE001 - reported by the worker's load through /health
+            log.error("cannot read the configured checkpoint's version (%s); fine-tuning is off", exc)
         self._proc: subprocess.Popen | None = None
         self._proc_job: int | None = None
         self._seen: dict[int, tuple] = {}
@@ -447,14 +96,6 @@ class FitManager:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fit-manager", daemon=True)
-
-    # -- wiring ----------------------------------------------------------------------------------------------------
-
-    def loader(self) -> tuple[torch.nn.Module, str]:
-        """The inference worker's loader: :func:`load_serving`, remembering the base version."""
-        serving = load_serving(self.settings)
-        self.base_version = serving.base_version
-        return serving.net, serving.version
 
     def start(self, worker: Any) -> FitManager:
         """Attach the inference worker, recover from a crashed job and start watching."""

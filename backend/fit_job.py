@@ -9,8 +9,8 @@ With ``REDIS_URL`` set the app queues the job through RQ instead (:mod:`backend.
 
 What it does, writing each phase into the job's entry of the state (``GET /fit``):
 
-1. **loading**: the serving network (:func:`backend.fit.load_serving`, i.e. the promoted version or the base),
-   the stored samples (read-only) with their images (:func:`backend.fit.image_loader`, the app's settings) and
+1. **loading**: the serving network (:func:`backend.versions.load_serving`, i.e. the promoted version or the base),
+   the stored samples (read-only) with their images (:func:`backend.images.image_loader`, the app's settings) and
    masks. Held-out samples are the store's ``"val"`` split (whole tasks, see
    :func:`backend.training_store.split_for_task`); when there are none, a deterministic fifth of the training
    tasks is held out instead, and with fewer than two tasks the job is rejected.
@@ -20,7 +20,7 @@ What it does, writing each phase into the job's entry of the state (``GET /fit``
    iterative click simulation, FCFI loss, Adam with a 10x smaller backbone learning rate, warm-up) on crops of
    the training samples scaled to ``FIT_CROP`` px; BatchNorm statistics frozen unless ``FIT_FREEZE_BN=false``.
 4. **eval_after**: the same evaluation of the fine-tuned network.
-5. **promoted** (not worse, :func:`backend.fit.decide`): checkpoint ``MODEL_DIR/versions/<base>-vN.pth``, then
+5. **promoted** (not worse, :func:`decide`): checkpoint ``MODEL_DIR/versions/<base>-vN.pth``, then
    the pointer ``MODEL_DIR/current.json`` (both atomic), which the app swaps in; or **rejected** (the candidate is
    kept as ``MODEL_DIR/fit/rejected.pth``); or **failed** with the error.
 
@@ -55,32 +55,20 @@ from model.metrics import noc
 from model.train import fcfi_loss, lr_at, make_batch, param_groups, set_lr, simulate_and_forward
 from model.train_data import AugmentConfig, SampleMaker, TrainImage
 
-from .fit import (
-    FIT_DIR,
-    JOB_LOCK,
-    POINTER,
-    REJECTED,
-    SETTINGS_ENV,
+from .fit import SETTINGS_ENV
+from .fit_state import FIT_DIR, JOB_LOCK, REJECTED, FitState, describe, now, try_lock
+from .images import ImageError, image_loader
+from .settings import Settings, predictor_options, settings_from_json
+from .training_store import SampleRow, StoreError, TrainingStore
+from .versions import (
     VERSIONS_DIR,
-    FitState,
-    atomic_write_json,
-    decide,
-    describe,
-    image_loader,
+    commit_promotion,
     load_serving,
     next_version,
-    now,
-    predictor_options,
-    prune_versions,
     read_pointer,
     save_checkpoint_atomic,
-    settings_from_json,
-    try_lock,
     version_file_name,
 )
-from .images import ImageError
-from .settings import Settings
-from .training_store import SampleRow, StoreError, TrainingStore
 
 log = logging.getLogger("backend.fit_job")
 
@@ -90,6 +78,22 @@ FEEDBACK_WEIGHTS = (1.0, 1.0)
 BACKBONE_LR_MULT = 0.1
 MIN_OBJECT_PIXELS = 60  # AugmentConfig's: smaller objects at training scale cannot make a crop
 PROGRESS_EVERY_S = 0.5
+
+
+def decide(before: dict[str, float], after: dict[str, float]) -> tuple[bool, str]:
+    """Promote iff the candidate is not worse: NoC@90 lower or equal, ties broken by NoC@85, then by mIoU.
+
+    The last tie-break matters when NoC saturates (every sample at the click limit, e.g. a weak model or few
+    evaluation clicks): NoC cannot tell a broken candidate from a good one there, the mean IoU can.
+    Returns ``(promote, reason)``.
+    """
+    for key, lower_is_better, tol in (("noc90", True, 1e-9), ("noc85", True, 1e-9), ("miou", False, 1e-6)):
+        b, a = float(before[key]), float(after[key])
+        if abs(a - b) > tol:
+            better = a < b if lower_is_better else a > b
+            name = {"noc90": "NoC@90", "noc85": "NoC@85", "miou": "mIoU"}[key]
+            return better, f"{name} {b:.3f} -> {a:.3f} ({'better' if better else 'worse'})"
+    return True, "not worse: NoC@90, NoC@85 and mIoU unchanged"
 
 
 class Rejected(Exception):
@@ -312,15 +316,11 @@ class FitJob:
         version = next_version(self.model_dir, base)
         path = self.model_dir / VERSIONS_DIR / version_file_name(version)
         save_checkpoint_atomic(net, path, {**meta, "model_version": version})
-        pointer = read_pointer(self.model_dir) or {}
         entry = {"version": version, "checkpoint": str(path.relative_to(self.model_dir)), "base": base,
                  "parent": serving.version, "job_id": self.job_id, "promoted_at": now(), "before": before,
                  "after": after}
         # The commit point: from here on the app serves the new version (and a crash still counts as promoted).
-        promoted = [*pointer.get("promoted", []), entry]
-        atomic_write_json(self.model_dir / POINTER, {
-            "schema": 1, "serving": version, "checkpoint": entry["checkpoint"], "base": base, "promoted": promoted})
-        pruned = prune_versions(self.model_dir, promoted, self.s.fit_keep_versions)
+        pruned = commit_promotion(self.model_dir, entry, self.s.fit_keep_versions)
         return {**result, "status": "promoted", "version": version, "pruned": pruned}
 
 

@@ -27,11 +27,11 @@ import time
 import redis
 from rq import Queue, Worker
 
-from .fit import read_pointer
 from .fit_queue import SERIALIZER, publish_serving, queue_name
 from .redis_client import connect
 from .redis_feedback import redact_url
 from .settings import Settings
+from .versions import read_pointer
 
 log = logging.getLogger("backend.fit_worker")
 

@@ -67,6 +67,7 @@ from PIL import Image, ImageOps
 from .errors import ServiceError
 from .ls_auth import LabelStudioAuth, LabelStudioAuthError, LabelStudioConnectionError, origin_of
 from .safe_http import AddressGuard, BlockedAddressError, GuardedSession, UnsafeURLError, check_url
+from .settings import Settings
 
 __all__ = [
     "CLOUD_SCHEMES",
@@ -648,3 +649,13 @@ class ImageLoader:
         if len(data) > self.max_bytes:
             raise ImageTooLarge(f"{path_text!r} is over the limit of {self.max_bytes:,} bytes (MAX_IMAGE_BYTES)")
         return data
+
+
+def image_loader(settings: Settings, cache_items: int | None = None) -> ImageLoader:
+    """The image loader the settings describe (the app's and the job's, so both fetch images the same way)."""
+    auth = LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key, timeout=10.0)
+    return ImageLoader(auth=auth, local_files_root=settings.local_files_root, max_bytes=settings.max_image_bytes,
+                       max_pixels=settings.max_image_pixels,
+                       cache_items=settings.image_cache_items if cache_items is None else cache_items,
+                       timeout=10.0, allow_private_hosts=settings.allow_private_urls,
+                       cache_bytes=settings.image_cache_mb << 20)

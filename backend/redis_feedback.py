@@ -1,7 +1,7 @@
 """Feedback states in Redis, shared by every replica of the service.
 
 With ``REDIS_URL`` set, the compressed predictor state after each click goes to Redis under the same key the
-in-process store uses (``fb:<hash>``, see :func:`backend.feedback.prefix_keys`) behind a namespace prefix
+in-process store uses (``fb:<hash>``, see :func:`backend.feedback_store.prefix_keys`) behind a namespace prefix
 (``REDIS_PREFIX``, default ``fcfi:``) and with a time to live (``FEEDBACK_TTL_S``). So the next click of a session
 may land on any replica and still costs one network pass.
 
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from .feedback import FeedbackStore, MemoryFeedbackStore
+from .feedback_store import FeedbackStore, MemoryFeedbackStore
 from .redis_client import connect
 from .settings import Settings
 
@@ -40,7 +40,7 @@ def redact_url(url: str) -> str:
 
 
 class RedisFeedbackStore:
-    """:class:`backend.feedback.FeedbackStore` on a Redis server; never raises for Redis trouble.
+    """:class:`backend.feedback_store.FeedbackStore` on a Redis server; never raises for Redis trouble.
 
     ``url`` is a redis-py URL (``redis://[[user]:password@]host:port/db``, ``rediss://``, ``unix://``).
     ``ttl_s`` <= 0 keeps states until Redis evicts them (configure ``maxmemory-policy allkeys-lru`` then).

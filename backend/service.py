@@ -17,11 +17,11 @@ import cv2
 import numpy as np
 
 from .errors import ServiceError, TooLarge
-from .feedback import FeedbackStore, prefix_keys
+from .feedback_store import FeedbackStore, prefix_keys
+from .inference_worker import InferenceWorker
 from .parse import ClickJob, ImageRef, click_job, opened_image, parse_predict
 from .rle import encode_mask
 from .state_cache import StateCache
-from .worker import InferenceWorker
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@
 | ``REQUEST_TIMEOUT`` | ``60`` | seconds a request may wait for the model (then its job is dropped unrun) |
 | ``MAX_QUEUE_WAIT_S`` | ``5`` | clicks are shed (503, ``Retry-After``) when the queue ahead would take longer |
 | ``ZOOM_IN`` / ``FLIP`` | ``true`` / ``true`` | predictor settings |
-| ``TARGET_SIZE`` / ``EXPANSION_RATIO`` / ``MAX_SIZE`` | ``480`` / ``3.0`` / ``800`` | predictor: px, ratio, px |
+| ``TARGET_SIZE`` / ``EXPANSION_RATIO`` / ``MAX_SIZE`` | ``480`` / ``3.0`` / ``480`` | predictor: px, ratio, px |
 | ``RUNTIME`` | ``openvino`` | CPU runtime of the network: ``openvino``, ``onnxruntime`` or ``torch`` (see below) |
 | ``TORCH_THREADS`` | torch's default | CPU threads of the inference worker (and of the runtime) |
 | ``MODEL_VERSION`` | from the checkpoint | version string reported to Label Studio |
@@ -52,10 +52,15 @@ Each default is written once, in the field below; ``Settings.from_env`` reads th
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from model.predictor import MAX_SIZE, TARGET_SIZE
 
 
 def _env(default: Any, *names: str, empty_ok: bool = False) -> Any:
@@ -107,9 +112,9 @@ class Settings:
     max_queue_wait_s: float = _env(5.0, "MAX_QUEUE_WAIT_S")
     zoom_in: bool = _env(True, "ZOOM_IN")
     flip: bool = _env(True, "FLIP")
-    target_size: int = _env(480, "TARGET_SIZE")
+    target_size: int = _env(TARGET_SIZE, "TARGET_SIZE")
     expansion_ratio: float = _env(3.0, "EXPANSION_RATIO")
-    max_size: int = _env(800, "MAX_SIZE")
+    max_size: int = _env(MAX_SIZE, "MAX_SIZE")
     runtime: str = _env("openvino", "RUNTIME")
     torch_threads: int | None = _env(None, "TORCH_THREADS")
     model_version: str | None = _env(None, "MODEL_VERSION")
@@ -146,3 +151,37 @@ class Settings:
                     values[f.name] = _parse(str(f.type), raw)
                     break
         return cls(**values)
+
+
+def settings_to_json(settings: Settings) -> str:
+    """The app's settings as JSON (paths made absolute, so the job process resolves them the same way)."""
+    out = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, Path):
+            value = str(value.resolve())
+        out[f.name] = value
+    if out.get("checkpoint") not in (None, "", "default"):
+        out["checkpoint"] = str(Path(out["checkpoint"]).resolve())
+    return json.dumps(out, default=str)
+
+
+def settings_from_json(text: str) -> Settings:
+    """Inverse of :func:`settings_to_json`; unknown keys (another code version) are ignored."""
+    raw = json.loads(text)
+    hints = typing.get_type_hints(Settings)
+    known = {f.name for f in dataclasses.fields(Settings)}
+    values = {}
+    for name, value in raw.items():
+        if name not in known:
+            continue
+        if value is not None and Path in typing.get_args(hints[name]) + (hints[name],):
+            value = Path(value)
+        values[name] = value
+    return Settings(**values)
+
+
+def predictor_options(settings: Settings) -> dict[str, Any]:
+    """The serving predictor's options (the inference worker and the job's evaluation use the same)."""
+    return dict(zoom_in=settings.zoom_in, flip=settings.flip, target_size=settings.target_size,
+                expansion_ratio=settings.expansion_ratio, max_size=settings.max_size, runtime=settings.runtime)

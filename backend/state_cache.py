@@ -27,13 +27,13 @@ from collections import OrderedDict
 
 from model import PredictorState
 
-from .feedback import FeedbackStore
+from .feedback_store import FeedbackStore
 
 log = logging.getLogger(__name__)
 
 
 class StateCache:
-    """``get``/``save`` predictor states under feedback keys (see :func:`backend.feedback.prefix_keys`).
+    """``get``/``save`` predictor states under feedback keys (see :func:`backend.feedback_store.prefix_keys`).
 
     Args:
         store: where serialized states live (in-process LRU or Redis); written by the background thread, or at

@@ -48,9 +48,9 @@ import requests
 import torch
 from PIL import Image
 
-from backend.fit import predictor_options, read_pointer
 from backend.rle import encode_mask
-from backend.settings import Settings
+from backend.settings import Settings, predictor_options
+from backend.versions import read_pointer
 from model import FCFIPredictor, default_checkpoint_path, load_checkpoint
 from model.evaluate import evaluate_sample
 from model.metrics import noc

@@ -13,7 +13,8 @@ this one process and run. Prints one JSON line::
 path (channels-last), ``torch.compile`` inductor with dynamic shapes (only with ``--compile``: it compiles
 for minutes), ``onnxruntime`` and ``openvino`` the exported core (:mod:`model.runtime`). ``new_shape_ms`` is
 a click whose input size the runtime has not seen (every Zoom-In ROI has its own); ``max_abs_diff`` compares
-the logits with ``eager``; ``profile`` lists eager's heaviest ops (``--profile``).
+the logits with ``eager``; ``profile`` lists eager's heaviest ops and ``modules_ms`` its time by part of the
+network (trunk depthwise / pointwise convolutions and BatchNorm, click stem, FFCM, CFFM, ...) (``--profile``).
 
 Architecture mode (``--arch lite0 hrnet18 ...``): eager per architecture, network-input long side and flip,
 one JSON line per case with GFLOPs and parameters, as before.
@@ -154,6 +155,55 @@ def profile_eager(net: torch.nn.Module, h: int, w: int, top: int = 12) -> list[d
              "share": round(e.self_cpu_time_total / total, 3), "calls": e.count} for e in events[:top]]
 
 
+def module_breakdown(net: torch.nn.Module, h: int, w: int, repeats: int = 3) -> dict[str, float]:
+    """Milliseconds of one eager flip-pair pass by part of the network (forward hooks, median of ``repeats``):
+    the trunk's depthwise, pointwise (1x1) and other convolutions, BatchNorm, and the FCFI parts
+    (click stem, decoder skip, decoder, FFCM, CFFM, head); ``total`` is the whole pass."""
+    import collections
+
+    fe = net.feature_extractor
+    parts = {"click_stem": net.maps_transform, "decoder": fe.decoder, "head": fe.head}
+    for name, attr in (("click_skip", "click_skip"), ("ffcm", "correction_module"), ("cffm", "fusion_module")):
+        if hasattr(fe, attr):
+            parts[name] = getattr(fe, attr)
+    backbone_convs = {m: ("depthwise" if m.groups > 1 else "pointwise" if m.kernel_size == (1, 1) else "conv")
+                      for m in fe.backbone.modules() if isinstance(m, torch.nn.Conv2d)}
+    backbone_bns = [m for m in fe.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    times: dict[str, float] = collections.defaultdict(float)
+    starts: dict[int, float] = {}
+    handles = []
+
+    def hook(module: torch.nn.Module, label: str) -> None:
+        def pre(*_):
+            starts[id(module)] = time.perf_counter()
+
+        def post(*_):
+            times[label] += (time.perf_counter() - starts.pop(id(module))) * 1000
+
+        handles.extend([module.register_forward_pre_hook(pre), module.register_forward_hook(post)])
+
+    for label, module in parts.items():
+        hook(module, label)
+    for module, label in backbone_convs.items():
+        hook(module, f"trunk_{label}")
+    for module in backbone_bns:
+        hook(module, "trunk_batchnorm")
+    x = torch.rand(2, 4, h, w)
+    pts = points_tensor([[(h / 2, w / 2, True), (h / 4, w / 4, False)]] * 2)
+    new = torch.tensor([[h / 4, w / 4, 0.0]] * 2)
+    runs = []
+    with torch.inference_mode():
+        net(x, pts, new, torch.ones(2))
+        for _ in range(repeats):
+            times.clear()
+            t0 = time.perf_counter()
+            net(x, pts, new, torch.ones(2))
+            runs.append({**times, "total": (time.perf_counter() - t0) * 1000})
+    for handle in handles:
+        handle.remove()
+    return {k: round(statistics.median(r.get(k, 0.0) for r in runs), 1) for k in runs[0]}
+
+
 def runtime_mode(args: argparse.Namespace) -> None:
     """The one-line comparison of runtimes described in the module docstring."""
     peak = measure_peak()
@@ -187,6 +237,7 @@ def runtime_mode(args: argparse.Namespace) -> None:
                                    if "click_ms" in v}
     if args.profile:
         out["profile"] = profile_eager(net, h, w)
+        out["modules_ms"] = module_breakdown(net, h, w)
     print(json.dumps(out), flush=True)
 
 

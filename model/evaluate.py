@@ -38,6 +38,7 @@ from .clicks import Click
 from .datasets import DEFAULT_DATA_ROOT, EvalDataset, load_dataset
 from .metrics import MAX_CLICKS, assd, boundary_iou, iou, noc, summarize
 from .predictor import MASK_THRESHOLD
+from .runtime import RUNTIMES
 
 THRESHOLD = MASK_THRESHOLD  # the predictor's; baselines are thresholded the same way
 METRIC_CLICK = 5  # BIoU@5, ASSD@5, IoU@5
@@ -193,9 +194,14 @@ def build_method(args: argparse.Namespace) -> tuple[Method, str, str]:
         kwargs["target_size"] = args.target_size
     if args.expansion_ratio is not None:
         kwargs["expansion_ratio"] = args.expansion_ratio
+    if args.max_size is not None:
+        kwargs["max_size"] = args.max_size
+    if args.runtime is not None:
+        kwargs["runtime"] = args.runtime
     pred = FCFIPredictor(net, **kwargs)
     desc = (f"FCFI checkpoint {path} ({type(net).__name__}); zoom_in={pred.zoom_in}, flip={pred.flip}, "
-            f"target_size={pred.target_size}, expansion_ratio={pred.expansion_ratio}, device={device}")
+            f"target_size={pred.target_size}, max_size={pred.max_size}, expansion_ratio={pred.expansion_ratio}, "
+            f"runtime={pred.runtime or 'eager'}, device={device}")
     return pred, desc, args.label or path.stem
 
 
@@ -215,6 +221,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--flip", action=on_off, default=True, help="flip test-time augmentation (default on)")
     ap.add_argument("--target-size", type=int, default=None,
                     help="Zoom-In long side (predictor default if unset)")
+    ap.add_argument("--max-size", type=int, default=None,
+                    help="longest side of an unzoomed input, i.e. the first click (predictor default if unset)")
+    ap.add_argument("--runtime", choices=RUNTIMES, default=None,
+                    help="inference runtime (default: the network called by PyTorch as it is)")
     ap.add_argument("--expansion-ratio", type=float, default=None,
                     help="Zoom-In ROI expansion (predictor default if unset)")
     ap.add_argument("--n-clicks", type=int, default=MAX_CLICKS, help="clicks per sample (default 20)")

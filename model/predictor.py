@@ -28,6 +28,13 @@ from .zoom_in import Box, next_roi
 MASK_THRESHOLD = 0.49
 
 
+#: Served defaults of the scale settings, chosen on the validation split of the training sets (never on the test
+#: sets; README, "Inference settings"): the long side of a zoomed (Zoom-In) network input, and the longest side
+#: of an unzoomed one (the first click; larger images are scaled down to it).
+TARGET_SIZE = 480
+MAX_SIZE = 480
+
+
 def quantize(probs: np.ndarray) -> np.ndarray:
     """[0, 1] float map -> uint8 (round(p * 255))."""
     return np.rint(np.clip(probs, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -121,8 +128,8 @@ class FCFIPredictor:
     """
 
     def __init__(self, net: nn.Module, device: str | torch.device | None = None, zoom_in: bool = True,
-                 target_size: int = 480, expansion_ratio: float = 3.0, min_crop_size: int = 200,
-                 skip_clicks: int = 1, flip: bool = True, max_size: int = 800, threshold: float = MASK_THRESHOLD,
+                 target_size: int = TARGET_SIZE, expansion_ratio: float = 3.0, min_crop_size: int = 200,
+                 skip_clicks: int = 1, flip: bool = True, max_size: int = MAX_SIZE, threshold: float = MASK_THRESHOLD,
                  autocast_dtype: torch.dtype | None = None, runtime: str | None = None) -> None:
         if device is None:
             first = next(net.parameters(), None)

@@ -32,9 +32,9 @@ from support import fit_image_path as image_path
 from support import fit_keypoint as keypoint
 from support import task_scene as scene
 
-from backend import fit
+from backend import fit_job, fit_state, versions
 from backend.fit_job import choose_samples, holdout_tasks
-from backend.settings import Settings
+from backend.settings import Settings, settings_from_json, settings_to_json
 from backend.training_store import SampleRow, TrainingStore
 from model import load_checkpoint, save_checkpoint
 
@@ -87,7 +87,7 @@ class Server(support.Server):
             status = self.get("/fit")
             jobs = [j for j in [status["current"], status["queued"], *status["history"]] if j]
             job = next((j for j in jobs if j["id"] == job_id), None)
-            if job is not None and (until(job) if until else job["status"] in fit.FINISHED):
+            if job is not None and (until(job) if until else job["status"] in fit_state.FINISHED):
                 return job
             if time.monotonic() > deadline:
                 pytest.fail(f"fit job {job_id} did not get there within {timeout:g} s: {job}")
@@ -291,7 +291,7 @@ def test_one_job_at_a_time_across_processes(checkpoint, label_studio, tmp_path) 
     try:
         for task in TRAIN_TASKS + VAL_TASKS:
             assert annotate(server, task).status_code == 200
-        lock = fit.try_lock(model_dir / "fit" / "job.lock")  # as if another app process were running a job
+        lock = fit_state.try_lock(model_dir / "fit" / "job.lock")  # as if another app process were running a job
         assert lock is not None
         try:
             answer, _ = start_training(server)
@@ -330,12 +330,12 @@ def test_too_little_data_is_rejected_with_a_reason(checkpoint, label_studio, tmp
 
 def test_decide_promotes_only_when_not_worse() -> None:
     b = {"noc85": 4.0, "noc90": 6.0, "miou": 0.80}
-    assert fit.decide(b, {**b, "noc90": 5.5, "noc85": 4.5})[0]  # NoC@90 decides first
-    assert not fit.decide(b, {**b, "noc90": 6.5, "noc85": 3.0})[0]
-    assert fit.decide(b, {**b, "noc85": 3.5, "miou": 0.7})[0]  # tie on NoC@90: NoC@85
-    assert not fit.decide(b, {**b, "noc85": 4.5})[0]
-    assert not fit.decide(b, {**b, "miou": 0.79})[0]  # NoC saturated/tied: mean IoU
-    assert fit.decide(b, dict(b)) == (True, "not worse: NoC@90, NoC@85 and mIoU unchanged")
+    assert fit_job.decide(b, {**b, "noc90": 5.5, "noc85": 4.5})[0]  # NoC@90 decides first
+    assert not fit_job.decide(b, {**b, "noc90": 6.5, "noc85": 3.0})[0]
+    assert fit_job.decide(b, {**b, "noc85": 3.5, "miou": 0.7})[0]  # tie on NoC@90: NoC@85
+    assert not fit_job.decide(b, {**b, "noc85": 4.5})[0]
+    assert not fit_job.decide(b, {**b, "miou": 0.79})[0]  # NoC saturated/tied: mean IoU
+    assert fit_job.decide(b, dict(b)) == (True, "not worse: NoC@90, NoC@85 and mIoU unchanged")
 
 
 def row(i: int, task: int, split: str = "train") -> SampleRow:
@@ -357,23 +357,24 @@ def test_held_out_samples_are_whole_tasks_chosen_deterministically() -> None:
 def test_settings_reach_the_job_process_unchanged(tmp_path) -> None:
     s = Settings(model_dir=tmp_path, local_files_root=tmp_path / "files", label_studio_api_key="k", fit_steps=7,
                  fit_lr=0.5, torch_threads=None, zoom_in=False)
-    assert fit.settings_from_json(fit.settings_to_json(s)) == s
+    assert settings_from_json(settings_to_json(s)) == s
 
 
 def test_next_version_never_reuses_a_number(tmp_path) -> None:
-    assert fit.next_version(tmp_path, "m-1") == "m-1-v1"
-    fit.atomic_write_json(tmp_path / "current.json", {"serving": "m-1-v2", "base": "m-1", "promoted": [
+    assert versions.next_version(tmp_path, "m-1") == "m-1-v1"
+    versions.atomic_write_json(tmp_path / "current.json", {"serving": "m-1-v2", "base": "m-1", "promoted": [
         {"version": "m-1-v1", "base": "m-1"}, {"version": "m-1-v2", "base": "m-1"}, {"version": "x-v9", "base": "x"}]})
-    assert fit.next_version(tmp_path, "m-1") == "m-1-v3"
+    assert versions.next_version(tmp_path, "m-1") == "m-1-v3"
     (tmp_path / "versions").mkdir()
     (tmp_path / "versions" / "m-1-v5.pth").write_bytes(b"")  # left by a job killed before its commit
-    assert fit.next_version(tmp_path, "m-1") == "m-1-v6"
-    assert fit.next_version(tmp_path, "other") == "other-v1"
+    assert versions.next_version(tmp_path, "m-1") == "m-1-v6"
+    assert versions.next_version(tmp_path, "other") == "other-v1"
 
 
 def test_a_rejected_candidate_that_cannot_be_written_is_still_rejected(checkpoint, label_studio, tmp_path) -> None:
     model_dir = tmp_path / "model"
-    (model_dir / fit.FIT_DIR / fit.REJECTED).mkdir(parents=True)  # a folder where the file would go: unwritable
+    # A folder where the file would go: unwritable.
+    (model_dir / fit_state.FIT_DIR / fit_state.REJECTED).mkdir(parents=True)
     server = Server(fit_settings(checkpoint, label_studio, model_dir, fit_lr=0.5))  # breaks the tiny network
     try:
         for task in TRAIN_TASKS + VAL_TASKS:

@@ -35,7 +35,7 @@ from support import fit_image_path as image_path
 from support import fit_keypoint as keypoint
 from support import task_scene as scene
 
-from backend import fit
+from backend import fit_state, versions
 from backend.fit_queue import SERIALIZER
 from model import load_checkpoint, save_checkpoint
 
@@ -165,7 +165,7 @@ def wait_job(replica: Backend, job_id: int, until: Callable[[dict[str, Any]], bo
     """Job ``job_id`` as ``replica``'s ``/fit`` shows it once finished (or once ``until(job)``)."""
     def check() -> dict[str, Any] | None:
         job = job_of(replica, job_id)
-        return job if job and (until(job) if until else job["status"] in fit.FINISHED) else None
+        return job if job and (until(job) if until else job["status"] in fit_state.FINISHED) else None
     return wait_for(f"fit job {job_id} on {replica.name}", check, timeout)
 
 
@@ -267,7 +267,7 @@ def test_killing_the_worker_mid_job_marks_it_failed_and_keeps_the_serving_versio
         failed = wait_job(b, job["id"], timeout=30)
         assert failed["status"] == "failed" and failed["interrupted"] and "interrupted" in failed["error"], failed
         assert job_of(a, job["id"])["status"] == "failed"
-        lock = fit.try_lock(cluster.model_dir / "fit" / "job.lock")  # nobody holds it: the next job can run
+        lock = fit_state.try_lock(cluster.model_dir / "fit" / "job.lock")  # nobody holds it: the next job can run
         assert lock is not None
         os.close(lock)
 
@@ -301,7 +301,8 @@ def children(pid: int) -> list[int]:
 def test_a_job_waits_for_the_job_lock_and_a_work_horse_dying_before_it_starts_fails_it(cluster: Cluster) -> None:
     a, b = cluster.a, cluster.b
     version = serving(a)
-    lock = fit.try_lock(cluster.model_dir / "fit" / "job.lock")  # as if a job of another worker or app were running
+    # As if a job of another worker or app were running.
+    lock = fit_state.try_lock(cluster.model_dir / "fit" / "job.lock")
     assert lock is not None
     worker = None
     try:
@@ -358,13 +359,13 @@ def test_replicas_follow_the_pointer_file_while_redis_is_down(cluster: Cluster) 
     try:
         # A version promoted while Redis is away (as a job of an app without REDIS_URL would): only the file says so.
         model_dir = cluster.model_dir
-        current = fit.read_pointer(model_dir) or {"promoted": []}
+        current = versions.read_pointer(model_dir) or {"promoted": []}
         source = model_dir / current["checkpoint"] if current.get("checkpoint") else Path(cluster.env["CHECKPOINT"])
-        version = fit.next_version(model_dir, BASE)
-        path = model_dir / "versions" / fit.version_file_name(version)
-        fit.save_checkpoint_atomic(load_checkpoint(source), path, {"model_version": version})
+        version = versions.next_version(model_dir, BASE)
+        path = model_dir / "versions" / versions.version_file_name(version)
+        versions.save_checkpoint_atomic(load_checkpoint(source), path, {"model_version": version})
         entry = {"version": version, "checkpoint": str(path.relative_to(model_dir)), "base": BASE, "job_id": None}
-        fit.atomic_write_json(model_dir / "current.json", {"schema": 1, "serving": version, "base": BASE,
+        versions.atomic_write_json(model_dir / "current.json", {"schema": 1, "serving": version, "base": BASE,
                                                            "checkpoint": entry["checkpoint"],
                                                            "promoted": [*current["promoted"], entry]})
         for replica in (a, b):

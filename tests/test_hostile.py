@@ -367,7 +367,7 @@ def test_disk_full_on_webhook_is_507_and_serving_goes_on(secret_backend, monkeyp
 
 
 def test_old_versions_are_pruned(tmp_path: Path) -> None:
-    from backend.fit import prune_versions
+    from backend.versions import prune_versions
 
     (tmp_path / "versions").mkdir()
     promoted = []
@@ -460,7 +460,7 @@ def test_overload_is_shed_quickly_and_accepted_clicks_are_answered(checkpoint, l
 def test_jobs_past_their_deadline_are_dropped_unrun() -> None:
     import time
 
-    from backend.worker import InferenceWorker
+    from backend.inference_worker import InferenceWorker
 
     worker = InferenceWorker(lambda: (__import__("torch").nn.Identity(), "v"), {}, queue_size=8).start()
     worker.wait_ready(30)

@@ -18,7 +18,7 @@ from ls_stub import FakeLabelStudio
 from redis_proc import Backend, RedisServer, child_env, free_port, redis_server_binary
 from support import Server, body, keypoint, mask_of, scene, settings_for
 
-from backend.feedback import MemoryFeedbackStore, prefix_keys
+from backend.feedback_store import MemoryFeedbackStore, prefix_keys
 from backend.redis_feedback import RedisFeedbackStore, make_feedback_store, redact_url
 from backend.settings import Settings
 from model import Click, save_checkpoint

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from backend.feedback import MemoryFeedbackStore
+from backend.feedback_store import MemoryFeedbackStore
 from backend.state_cache import StateCache
 from model import Click, PredictorState
 

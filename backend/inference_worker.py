@@ -88,7 +88,10 @@ class InferenceWorker:
 
     def _install(self, net: torch.nn.Module, version: str) -> None:
         predictor = FCFIPredictor(net, device=self._device, **self._options)
-        predictor.warmup()  # the runtime's one-time set-up happens here, not in the first click
+        try:
+            predictor.warmup()  # the runtime's one-time set-up happens here, not in the first click
+        except Exception as exc:  # an optimisation only: a network that cannot run says so at its first click
+            log.warning("warm-up pass failed (%s: %s)", type(exc).__name__, exc)
         self._predictor = predictor
         self._image_key = None
         self.model_version = version
