@@ -25,8 +25,8 @@ class PredictRequest:
 
 
 @dataclass(frozen=True)
-class ClickJob:
-    """One interactive request: the image, the label, and the clicks in image pixels."""
+class ClickSession:
+    """One object being clicked in one task: the image, the label, and the clicks so far (percent of the image)."""
 
     task_id: int | None
     project_id: int | None
@@ -133,8 +133,9 @@ def opened_image(request: PredictRequest, task: dict[str, Any]) -> ImageRef | No
     return ImageRef(url, _task_id(task), project_id(request.project))
 
 
-def click_job(request: PredictRequest, task: dict[str, Any], max_clicks: int) -> ClickJob | None:
-    """The interactive job for one task, or None when the context holds no smart keypoints."""
+def click_session(request: PredictRequest, task: dict[str, Any], max_clicks: int) -> ClickSession | None:
+    """The click session of one task (its image, label and clicks), or None when the context holds no smart
+    keypoints."""
     context = request.context or {}
     items = context.get("result")
     if items is None:
@@ -196,6 +197,6 @@ def click_job(request: PredictRequest, task: dict[str, Any], max_clicks: int) ->
                 raise Unprocessable("original_width and original_height must be positive")
         if "image_rotation" in r:
             rotation = _number(r["image_rotation"], f"context.result[{i}].image_rotation")
-    return ClickJob(_task_id(task), project_id(request.project), url, label,
+    return ClickSession(_task_id(task), project_id(request.project), url, label,
                     brush, to_name or (brush.to_names[0] if brush.to_names else "image"), width, height,
                     rotation, tuple(clicks))

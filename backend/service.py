@@ -19,7 +19,7 @@ import numpy as np
 from .errors import ServiceError, TooLarge
 from .feedback_store import FeedbackStore, prefix_keys
 from .inference_worker import InferenceWorker
-from .parse import ClickJob, ImageRef, click_job, opened_image, parse_predict
+from .parse import ClickSession, ImageRef, click_session, opened_image, parse_predict
 from .rle import encode_mask
 from .state_cache import StateCache
 
@@ -69,21 +69,24 @@ class PredictService:
         """Returns (response body, timings, network passes)."""
         timings = Timings()
         request = parse_predict(payload)
-        jobs = [click_job(request, task, self.max_clicks) for task in request.tasks]
-        interactive = sum(job is not None for job in jobs)
+        sessions = [click_session(request, task, self.max_clicks) for task in request.tasks]
+        interactive = sum(session is not None for session in sessions)
         if interactive > self.max_interactive_tasks:  # one request must not hold the model for everyone
             raise TooLarge(f"{interactive} tasks with clicks in one request; at most {self.max_interactive_tasks} "
                            "(MAX_INTERACTIVE_TASKS)")
         if interactive:
             self.worker.admit()  # shed before downloading the image, not after
-        elif len(jobs) == 1:
+        elif len(sessions) == 1:
             self._fetch_ahead(opened_image(request, request.tasks[0]))
         results, passes = [], 0
-        for job in jobs:
-            if job is None:  # batch pre-annotation: nothing to segment without clicks
-                results.append({"result": [], "score": 0.0, "model_version": self.worker.model_version})
+        for session in sessions:
+            if session is None:
+                # No clicks: a task being opened, or batch pre-annotation. An empty list is "no prediction for this
+                # task": Label Studio stores nothing (an empty result would be stored and shown as a 0.00% prediction
+                # tab on every task).
+                results.append([])
                 continue
-            result, n = self._click(job, timings)
+            result, n = self._click(session, timings)
             results.append(result)
             passes += n
         return {"results": results}, timings, passes
@@ -94,9 +97,12 @@ class PredictService:
             return
 
         def fetch() -> None:
+            t0 = time.perf_counter()
             try:
-                self.images.load(ref.url, task_id=ref.task_id, project_id=ref.project_id)
+                loaded = self.images.load(ref.url, task_id=ref.task_id, project_id=ref.project_id)
                 self.prefetched += 1
+                log.info("task %s opened: its %dx%d image fetched ahead of the first click in %.0f ms", ref.task_id,
+                         loaded.rgb.shape[1], loaded.rgb.shape[0], (time.perf_counter() - t0) * 1000)
             except Exception as exc:  # noqa: BLE001 - the click will meet the same error and answer it
                 log.debug("prefetch of task %s's image failed: %s", ref.task_id, exc)
             finally:
@@ -104,16 +110,17 @@ class PredictService:
 
         self._prefetch.submit(fetch)
 
-    def _click(self, job: ClickJob, timings: Timings) -> tuple[dict[str, Any], int]:
+    def _click(self, session: ClickSession, timings: Timings) -> tuple[dict[str, Any], int]:
         t = time.perf_counter()
-        loaded = self.images.load(job.image_url, task_id=job.task_id, project_id=job.project_id)
+        loaded = self.images.load(session.image_url, task_id=session.task_id, project_id=session.project_id)
         rgb, image_key = loaded.rgb, loaded.key
         h, w = rgb.shape[:2]
         t = timings.add("image", t)
 
-        clicks = job.clicks(w, h)
+        clicks = session.clicks(w, h)
         version = self.worker.model_version
-        keys = prefix_keys((job.project_id, job.task_id, image_key, job.to_name, job.label, version), clicks)
+        keys = prefix_keys((session.project_id, session.task_id, image_key, session.to_name, session.label, version),
+                           clicks)
         state, start = None, 0
         # The newest click always runs: a stored state holds the quantized feedback, not the exact map
         # the answer is thresholded from, so an answer from it could differ from a replay's by a few pixels.
@@ -136,7 +143,7 @@ class PredictService:
 
         mask = out.mask
         score = float(out.probs[mask].mean()) if mask.any() else 0.0
-        width, height = job.width or w, job.height or h
+        width, height = session.width or w, session.height or h
         if abs(width - w) > 1 or abs(height - h) > 1:
             # The claimed size is not trusted beyond rounding (100000x100000 would allocate 10 GB): answer at the
             # decoded size, which is the image's natural size Label Studio itself measures.
@@ -151,16 +158,16 @@ class PredictService:
         self.states.save(keys[-1], out.state)  # serialized and stored after the answer leaves
         timings.add("store", t)
         log.info("task %s label %r: %d clicks, %d network passes (resumed after %d), score %.3f",
-                 job.task_id, job.label, len(clicks), out.passes, start, score)
+                 session.task_id, session.label, len(clicks), out.passes, start, score)
         region = {
             "id": uuid.uuid4().hex[:10],
-            "from_name": job.brush.from_name,
-            "to_name": job.to_name,
+            "from_name": session.brush.from_name,
+            "to_name": session.to_name,
             "type": "brushlabels",
             "original_width": width,
             "original_height": height,
-            "image_rotation": job.rotation,
-            "value": {"format": "rle", "rle": rle, "brushlabels": [job.label]},
+            "image_rotation": session.rotation,
+            "value": {"format": "rle", "rle": rle, "brushlabels": [session.label]},
             "score": score,
             "readonly": False,
         }

@@ -403,3 +403,23 @@ def test_submitted_annotation_reaches_the_webhook(stack: Stack) -> None:
                 pytest.fail(f"no ANNOTATION_CREATED reached {stack.backend_url}/webhook within 20 s; "
                             f"project webhooks: {hooks.status_code} {hooks.text[:2000]}")
             time.sleep(0.2)
+
+
+def test_opening_a_task_stores_no_prediction(stack: Stack) -> None:
+    """Label Studio asks /predict without clicks when a task opens (with predictions retrieved automatically); the
+    answer must leave no empty prediction behind, and the backend fetches the image for the first click."""
+    with logs_on_failure(stack):
+        r = stack.api("PATCH", f"/api/projects/{stack.ids['project']}",
+                      json={"evaluate_predictions_automatically": True})
+        assert r.ok, r.text
+        r = stack.api("GET", f"/api/tasks/{stack.ids['task']}")  # what the labeling screen does when it opens a task
+        assert r.ok, r.text
+        deadline = time.monotonic() + 20
+        while f"task {stack.ids['task']} opened" not in stack.backend.text():
+            if time.monotonic() > deadline:
+                pytest.fail("opening the task did not reach the backend's /predict (no prefetch logged)")
+            time.sleep(0.2)
+        r = stack.api("GET", "/api/predictions", params={"task": stack.ids["task"]})
+        assert r.ok, r.text
+        assert r.json() == [], f"Label Studio stored predictions on task open: {r.json()}"
+        assert not stack.api("GET", f"/api/tasks/{stack.ids['task']}").json().get("predictions")

@@ -48,7 +48,7 @@ def test_opening_a_task_fetches_its_image_once(server, label_studio) -> None:
     t0 = time.perf_counter()
     r = requests.post(f"{server.url}/predict", json=opened(), timeout=10)
     answered = time.perf_counter() - t0
-    assert r.status_code == 200 and r.json()["results"][0]["result"] == []
+    assert r.status_code == 200 and r.json()["results"] == [[]]
     assert answered < 1.0
     assert wait_for(lambda: service.prefetched == 1)
     assert label_studio.count(IMAGE) == 1
