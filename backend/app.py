@@ -41,6 +41,12 @@ JSON_ROUTES = {"/predict", "/webhook"}  # a text/plain POST from any web page mu
 __all__ = ["OPEN_ROUTES", "WEBHOOK_SECRET_HEADER", "create_app"]
 
 
+def reason_phrase(message: str, limit: int = 300) -> str:
+    """``message`` as an HTTP reason phrase: printable ASCII on one line, at most ``limit`` characters."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in " ".join(message.split()))
+    return (text[: limit - 3] + "...") if len(text) > limit else text or "error"
+
+
 def create_app(settings: Settings | None = None, worker: InferenceWorker | None = None) -> Flask:
     """Build the service. Starts the inference worker (which loads the model in the background)."""
     settings = settings or Settings.from_env()
@@ -151,12 +157,15 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
         return jsonify(fit.status())
 
     @app.errorhandler(ServiceError)
-    def service_error(exc: ServiceError) -> tuple[Response, int]:
+    def service_error(exc: ServiceError) -> Response:
         log.warning("%s: %s", exc.status, exc.message[:500])
         response = jsonify(error=exc.message)
+        # Label Studio shows the annotator only requests' "<status> Client Error: <reason> for url: ..." of a failed
+        # /predict, never the body: the reason phrase carries the message.
+        response.status = f"{exc.status} {reason_phrase(exc.message)}"
         if isinstance(exc, Overloaded):
             response.headers["Retry-After"] = str(exc.retry_after)
-        return response, exc.status
+        return response
 
     @app.errorhandler(OSError)
     def storage_error(exc: OSError) -> tuple[Response, int]:

@@ -170,3 +170,27 @@ def test_webhook_stores_removes_and_rejects(server) -> None:
     assert r.status_code == 400 and r.json()["error"]
     assert requests.post(server.url + "/webhook", data=b"{", headers={"Content-Type": "application/json"},
                          timeout=5).status_code == 400
+
+
+def test_an_error_label_studio_shows_carries_the_reason(checkpoint, label_studio) -> None:
+    # Started before Label Studio existed: no LABEL_STUDIO_URL. Label Studio shows the annotator only str() of
+    # requests' HTTPError for a failed /predict, so the reason must be in the status line, not just the body.
+    s = Server(settings_for(checkpoint, label_studio, label_studio_url=None, label_studio_api_key=None))
+    try:
+        r = requests.post(s.url + "/predict", json=body(CLICKS), timeout=30)
+        assert r.status_code == 400 and "LABEL_STUDIO_URL is not set" in r.json()["error"]
+        with pytest.raises(requests.HTTPError) as shown:
+            r.raise_for_status()  # what Label Studio's ML API client does
+        assert "LABEL_STUDIO_URL is not set" in str(shown.value) and "400 Client Error" in str(shown.value)
+        assert "BAD REQUEST" not in str(shown.value)
+    finally:
+        s.stop()
+
+
+def test_reason_phrase_is_one_safe_line() -> None:
+    from backend.app import reason_phrase
+
+    text = reason_phrase("bad\\r\\nSet-Cookie: x=1\r\nnext line \u00e9\u2028 " + "y" * 500)
+    assert "\r" not in text and "\n" not in text and len(text) <= 300 and text.isascii()
+    assert text.startswith("bad\\r\\nSet-Cookie: x=1 next line ?") and text.endswith("...")
+    assert reason_phrase("") == "error"
