@@ -27,6 +27,7 @@ import torch
 
 from model import Click, FCFIPredictor, PredictorState
 
+from .cpu_share import CpuShare
 from .errors import Overloaded, Unavailable
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class InferenceWorker:
         self._options = predictor_options
         self._device = device
         self._threads = threads
+        self._max_threads = threads or 1
+        self._share: CpuShare | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._ready = threading.Event()
         self._error: str | None = None
@@ -89,7 +92,11 @@ class InferenceWorker:
     def _install(self, net: torch.nn.Module, version: str) -> None:
         predictor = FCFIPredictor(net, device=self._device, **self._options)
         try:
-            predictor.warmup()  # the runtime's one-time set-up happens here, not in the first click
+            # The runtime's one-time set-up happens here, not in the first click: for every thread count a click
+            # may get (a runtime compiles one engine per count).
+            for threads in (sorted({1, self._max_threads}) if self._share is not None else [self._max_threads]):
+                predictor.set_threads(threads)
+                predictor.warmup()
         except Exception as exc:  # an optimisation only: a network that cannot run says so at its first click
             log.warning("warm-up pass failed (%s: %s)", type(exc).__name__, exc)
         self._predictor = predictor
@@ -99,6 +106,9 @@ class InferenceWorker:
     def _run(self) -> None:
         if self._threads:
             torch.set_num_threads(self._threads)
+        self._max_threads = torch.get_num_threads()
+        # Without a fixed thread count, each click runs on the cores other processes leave free (cpu_share).
+        self._share = CpuShare(self._max_threads) if not self._threads and self._device == "cpu" else None
         try:
             net, version = self._load()
             self._install(net, version)
@@ -161,6 +171,8 @@ class InferenceWorker:
         def job() -> ClickResult:
             pred = self._predictor
             assert pred is not None
+            if self._share is not None:
+                pred.set_threads(self._share.threads())
             if self._image_key != image_key:
                 pred.set_image(rgb)
                 self._image_key = image_key

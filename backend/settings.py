@@ -30,7 +30,7 @@
 | ``ZOOM_IN`` / ``FLIP`` | ``true`` / ``true`` | predictor settings |
 | ``TARGET_SIZE`` / ``EXPANSION_RATIO`` / ``MAX_SIZE`` | ``480`` / ``3.0`` / ``480`` | predictor: px, ratio, px |
 | ``RUNTIME`` | ``openvino`` | CPU runtime of the network: ``openvino``, ``onnxruntime`` or ``torch`` (see below) |
-| ``TORCH_THREADS`` | torch's default | CPU threads of the inference worker (and of the runtime) |
+| ``TORCH_THREADS`` | adaptive | CPU threads of a click; unset: the cores other processes leave free (see below) |
 | ``MODEL_VERSION`` | from the checkpoint | version string reported to Label Studio |
 | ``LOG_LEVEL`` | ``INFO`` | logging level |
 | ``FIT_EVERY_N_SAMPLES`` | ``25`` | fine-tune after this many new stored samples; ``0``: only on ``START_TRAINING`` |
@@ -44,6 +44,10 @@
 | ``FIT_NICE`` | ``10`` | niceness added to the job process, so serving keeps priority |
 | ``FIT_DEVICE`` | ``DEVICE`` | device of the job process |
 | ``FIT_KEEP_VERSIONS`` | ``5`` | newest promoted versions whose files are kept in ``MODEL_DIR/versions`` |
+
+``TORCH_THREADS`` unset: before each click the worker measures how many cores other processes used since the last
+one and runs on the rest, between 1 and all cores (``backend/cpu_share.py``; on a shared 2-core machine a click on
+both cores took 3x longer than on one). A number fixes the count.
 
 ``RUNTIME``: a missing package falls back to ``torch`` (PyTorch eager) with a log line; CUDA always runs ``torch``.
 

@@ -177,6 +177,13 @@ class FCFIPredictor:
         self._image = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255.0)
         self._rgb_cache = None
 
+    def set_threads(self, threads: int) -> None:
+        """Run the following passes on ``threads`` CPU threads (the runtime's engine for that count)."""
+        if self.runner is not None:
+            self.runner.set_threads(threads)
+        else:
+            torch.set_num_threads(max(1, threads))
+
     def warmup(self, height: int = 360, width: int = 480) -> None:
         """Run one pass on a blank ``height`` x ``width`` input so that the runtime's one-time set-up (kernel
         selection, memory pools) is not paid by the first click. Changes no state; not counted in ``num_passes``."""

@@ -51,6 +51,9 @@ class Runner(Protocol):
     def __call__(self, image: torch.Tensor, points: torch.Tensor, new_points: torch.Tensor,
                  gate: torch.Tensor) -> dict[str, torch.Tensor | None]: ...
 
+    def set_threads(self, threads: int) -> None:
+        """Run the following passes on ``threads`` CPU threads."""
+
 
 class TorchRunner:
     """PyTorch eager. On a CPU it runs a channels-last copy of the network (about 1.5x faster for the
@@ -63,6 +66,9 @@ class TorchRunner:
         device = next(net.parameters()).device
         self.channels_last = device.type == "cpu" if channels_last is None else channels_last
         self.net = copy.deepcopy(net).to(memory_format=torch.channels_last) if self.channels_last else net
+
+    def set_threads(self, threads: int) -> None:
+        torch.set_num_threads(max(1, threads))  # per thread of the caller: only the worker thread runs passes
 
     def __call__(self, image: torch.Tensor, points: torch.Tensor, new_points: torch.Tensor,
                  gate: torch.Tensor) -> dict[str, torch.Tensor | None]:
@@ -127,12 +133,25 @@ class _GraphRunner:
 
     def __init__(self, net: nn.Module) -> None:
         self.net = net.eval()
+        self.threads = torch.get_num_threads()
+        self._engines: dict[int, object] = {}  # thread count -> compiled model / session
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "core.onnx"
             self.outputs = export_onnx(net, path)
-            self._load(path)
+            self._onnx = path.read_bytes()
+        self._engine = self._engine_for(self.threads)
 
-    def _load(self, path: Path) -> None:
+    def _engine_for(self, threads: int) -> object:
+        """The engine that runs on ``threads`` threads (a runtime fixes the count when it compiles), built once."""
+        if threads not in self._engines:
+            self._engines[threads] = self._load(self._onnx, threads)
+        return self._engines[threads]
+
+    def set_threads(self, threads: int) -> None:
+        self.threads = max(1, threads)
+        self._engine = self._engine_for(self.threads)
+
+    def _load(self, onnx: bytes, threads: int) -> object:
         raise NotImplementedError
 
     def _infer(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -152,17 +171,18 @@ class OpenVINORunner(_GraphRunner):
 
     name = "openvino"
 
-    def _load(self, path: Path) -> None:
+    def _load(self, onnx: bytes, threads: int) -> object:
         import openvino as ov
 
-        config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32",
-                  "PERFORMANCE_HINT": "LATENCY"}
-        self._compiled = ov.Core().compile_model(str(path), "CPU", config)
-        self._request = self._compiled.create_infer_request()  # one thread calls a runner (the worker's)
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        compiled = core.compile_model(core.read_model(onnx, b""), "CPU", config)
+        return compiled, compiled.create_infer_request()  # one thread calls a runner (the worker's)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        result = self._request.infer(feed)
-        return [result[self._compiled.output(k)] for k in self.outputs]
+        compiled, request = self._engine
+        result = request.infer(feed)
+        return [result[compiled.output(k)] for k in self.outputs]
 
 
 class OnnxRuntimeRunner(_GraphRunner):
@@ -170,15 +190,15 @@ class OnnxRuntimeRunner(_GraphRunner):
 
     name = "onnxruntime"
 
-    def _load(self, path: Path) -> None:
+    def _load(self, onnx: bytes, threads: int) -> object:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        options.intra_op_num_threads = threads
+        return ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
 
     def _infer(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self._session.run(self.outputs, feed)
+        return self._engine.run(self.outputs, feed)
 
 
 def available(runtime: str) -> bool:
