@@ -159,7 +159,7 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError) -> Response:
         log.warning("%s: %s", exc.status, exc.message[:500])
-        response = jsonify(error=exc.message)
+        response = jsonify({**exc.details, "error": exc.message})
         # Label Studio shows the annotator only requests' "<status> Client Error: <reason> for url: ..." of a failed
         # /predict, never the body: the reason phrase carries the message.
         response.status = f"{exc.status} {reason_phrase(exc.message)}"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 
 class ServiceError(Exception):
-    """An error answered as JSON ``{"error": message}`` with ``status``."""
+    """An error answered as JSON ``{"error": message, **details}`` with ``status`` (the message is also the HTTP
+    reason phrase: Label Studio shows the annotator nothing else of a failed call)."""
 
     status = 500
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, details: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.details = details or {}
         if status is not None:
             self.status = status
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .errors import TooLarge
+from .errors import TooLarge, Unprocessable
 from .fit_state import summary
 from .webhooks import AnnotationEvent, DeleteEvent, TrainEvent, parse_event
 
@@ -54,9 +54,16 @@ class WebhookService:
             return {"status": "ok", "action": "ANNOTATIONS_DELETED", "removed": removed}
         if isinstance(event, TrainEvent):
             job = self.fit.request("START_TRAINING", project_id=event.project_id)  # queued; trained elsewhere
+            samples = training.count()
             log.info("webhook START_TRAINING for project %s: %d samples stored, fit job %s %s", event.project_id,
-                     training.count(), job["id"], job["status"])
-            return {"status": "ok", "action": "START_TRAINING", "samples": training.count(), "job": summary(job)}
+                     samples, job["id"], job["status"])
+            answer = {"status": "ok", "action": "START_TRAINING", "samples": samples, "job": summary(job)}
+            if job["status"] == "rejected":  # decided at once: Label Studio shows this on the model's card
+                raise Unprocessable(f"Fine-tuning not started: {job.get('reason')}; submit brush masks on at least "
+                                    "two tasks, then train again", details={**answer, "status": "rejected"})
+            answer["message"] = (f"Fine-tuning job {job['id']} is {job['status']} on {samples} stored samples; GET "
+                                 "/fit shows its progress, and a promoted model appears as a new model version")
+            return answer
         action = getattr(event, "action", type(event).__name__)
         log.info("webhook %s ignored", action)
         return {"status": "ignored", "action": action}

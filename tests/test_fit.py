@@ -313,11 +313,15 @@ def test_one_job_at_a_time_across_processes(checkpoint, label_studio, tmp_path) 
 def test_too_little_data_is_rejected_with_a_reason(checkpoint, label_studio, tmp_path) -> None:
     server = Server(fit_settings(checkpoint, label_studio, tmp_path / "model"))
     try:
-        answer, _ = start_training(server)  # empty store: answered without starting a process
-        assert answer["job"]["status"] == "rejected"
+        # Empty store: answered at once without starting a process, as an error Label Studio shows on the model card.
+        r = server.post("/webhook", {"action": "START_TRAINING", "project": {"id": PROJECT, "title": "Disks"}})
+        assert r.status_code == 422 and "Fine-tuning not started: no stored samples" in r.reason
+        answer = r.json()
+        assert answer["job"]["status"] == "rejected" and "no stored samples" in answer["error"]
         assert server.get("/fit")["current"]["reason"] == "no stored samples to train on"
         assert annotate(server, TRAIN_TASKS[0]).status_code == 200  # one task, no val split
         answer, _ = start_training(server)
+        assert answer["message"].startswith(f"Fine-tuning job {answer['job']['id']} is queued on ")
         job = server.wait_job(answer["job"]["id"])
         assert job["status"] == "rejected" and "at least two tasks" in job["reason"], job
         assert server.get("/versions") == {"versions": [BASE]}
