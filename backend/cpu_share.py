@@ -47,6 +47,10 @@ class CpuShare:
                  reader: Callable[[], tuple[float, float] | None] = _proc_times, min_interval: float = 0.05) -> None:
         self.max_threads = max(1, max_threads)
         self.cores = cores or os.cpu_count() or 1
+        #: the thread counts a pass may get: powers of two and the maximum (a runtime compiles one engine per count,
+        #: so the worker builds them all at load instead of during a click).
+        self.choices = sorted({1 << k for k in range(self.max_threads.bit_length()) if 1 << k <= self.max_threads}
+                              | {self.max_threads})
         self._clock = clock
         self._reader = reader
         self.min_interval = min_interval
@@ -55,7 +59,7 @@ class CpuShare:
         self.others = 0.0
 
     def threads(self) -> int:
-        """Threads for the next pass: the cores others left free, between 1 and ``max_threads``."""
+        """Threads for the next pass: the largest of :attr:`choices` that fits in the cores others left free."""
         now, times = self._clock(), self._reader()
         then, before = self._last
         if times is None or before is None:
@@ -65,5 +69,5 @@ class CpuShare:
             busy = (times[0] - before[0]) - (times[1] - before[1])  # all CPUs' busy time minus ours
             self.others = min(max(busy / elapsed, 0.0), float(self.cores))
             self._last = (now, times)
-        free = self.cores - self.others
-        return max(1, min(self.max_threads, int(free + 0.5)))
+        free = int(self.cores - self.others + 0.5)
+        return max([c for c in self.choices if c <= free] or [1])

@@ -94,7 +94,7 @@ class InferenceWorker:
         try:
             # The runtime's one-time set-up happens here, not in the first click: for every thread count a click
             # may get (a runtime compiles one engine per count).
-            for threads in (sorted({1, self._max_threads}) if self._share is not None else [self._max_threads]):
+            for threads in (self._share.choices if self._share is not None else [self._max_threads]):
                 predictor.set_threads(threads)
                 predictor.warmup()
         except Exception as exc:  # an optimisation only: a network that cannot run says so at its first click

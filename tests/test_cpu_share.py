@@ -34,8 +34,9 @@ def test_threads_follow_what_other_processes_use() -> None:
     share = CpuShare(max_threads=8, cores=8, clock=f.clock, reader=f.read)
     f.advance(2.0, others=0.0)
     assert share.threads() == 8  # a free machine: every core
+    assert share.choices == [1, 2, 4, 8]  # one engine per count, all built at load
     f.advance(2.0, others=3.0)
-    assert share.threads() == 5 and share.others == pytest.approx(3.0)
+    assert share.threads() == 4 and share.others == pytest.approx(3.0)  # 5 cores free: the largest choice in them
     f.advance(2.0, others=8.0)
     assert share.threads() == 1  # never fewer than one
     f.advance(1.0, others=0.0, ours=6.0)  # our own pass is not "other" load
@@ -51,6 +52,7 @@ def test_short_gaps_keep_the_last_answer_and_max_threads_caps() -> None:
     assert share.threads() == 1
     f.advance(1.0, others=0.0)
     assert share.threads() == 2  # 4 cores free, but at most max_threads
+    assert CpuShare(max_threads=6, cores=6, reader=lambda: None).choices == [1, 2, 4, 6]
 
 
 def test_without_proc_the_answer_is_the_maximum() -> None:
