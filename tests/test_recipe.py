@@ -140,7 +140,7 @@ def test_weight_ema_averages_parameters_and_buffers() -> None:
         WeightEMA(net, 1.0)
 
 
-def test_click_skip_leaves_the_previous_mask_to_fcfi() -> None:
+def test_click_skip_leaves_the_previous_mask_to_fcfi(tmp_path: Path) -> None:
     net = build_model("lite0", fcfi="none").eval()
     seen = []
     net.feature_extractor.click_skip.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
@@ -152,8 +152,12 @@ def test_click_skip_leaves_the_previous_mask_to_fcfi() -> None:
     assert logits.std() < 1.0  # the logit conv starts small (it gave std ~5.7 before)
     legacy = build_model("lite0", fcfi="full", skip_prev_mask=True)
     assert legacy.feature_extractor.click_skip[0].in_channels == 5
-    # A checkpoint written before the option existed builds the legacy layout.
-    assert load_checkpoint("default").feature_extractor.click_skip[0].in_channels == 5
+    # A checkpoint written before the option existed (no skip_prev_mask in its config) builds the legacy layout.
+    path = save_checkpoint(legacy, tmp_path / "legacy.pth")
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["params"]["skip_prev_mask"]
+    torch.save(payload, path)
+    assert load_checkpoint(path).feature_extractor.click_skip[0].in_channels == 5
 
 
 def test_init_trains_in_training_mode(tmp_path: Path) -> None:
