@@ -50,12 +50,12 @@ class PredictService:
 
     def __init__(self, worker: InferenceWorker, images: Any, store: FeedbackStore, max_clicks: int = 200,
                  timeout: float = 60.0, hot_bytes: int = 128 << 20,
-                 max_interactive_tasks: int = 1, prefetch: bool = True) -> None:
+                 max_interactive_tasks: int = 1) -> None:
         self.worker = worker
         # Label Studio asks /predict without clicks when an annotator opens a task: the image is then fetched and
         # decoded in the background, so the first click finds it in the loader's cache (a click that arrives
         # while the fetch runs waits for that same fetch). One fetch at a time, at most one waiting.
-        self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") if prefetch else None
+        self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._prefetch_pending = threading.Semaphore(2)
         #: images fetched ahead of a first click (tests and benchmarks read it).
         self.prefetched = 0
@@ -93,7 +93,7 @@ class PredictService:
 
     def _fetch_ahead(self, ref: ImageRef | None) -> None:
         """Load ``ref`` in the background (errors are the first click's to report, so they are only logged)."""
-        if ref is None or self._prefetch is None or not self._prefetch_pending.acquire(blocking=False):
+        if ref is None or not self._prefetch_pending.acquire(blocking=False):
             return
 
         def fetch() -> None:

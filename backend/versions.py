@@ -153,14 +153,12 @@ def load_serving(settings: Settings, device: str | None = None) -> Serving:
     :func:`checkpoint_version`. Raises like :func:`model.load_checkpoint` when the base cannot be loaded.
     """
     device = device or settings.device
-    if settings.checkpoint and settings.checkpoint != "default":
-        path = Path(settings.checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"CHECKPOINT={path} does not exist")
-        net = load_checkpoint(path, device=device)
-    else:  # the shipped weights; load_checkpoint explains how to make them when they are missing
-        path = default_checkpoint_path()
-        net = load_checkpoint(None, device=device)
+    path = configured_checkpoint(settings)
+    custom = bool(settings.checkpoint) and settings.checkpoint != "default"
+    if custom and not path.is_file():
+        raise FileNotFoundError(f"CHECKPOINT={path} does not exist")
+    # The shipped weights load through None: load_checkpoint explains how to make them when they are missing.
+    net = load_checkpoint(path if custom else None, device=device)
     base = settings.model_version or checkpoint_version(path, net)
     pointer = read_pointer(Path(settings.model_dir))
     if pointer is None:
