@@ -1,11 +1,12 @@
 """The fit manager: the part of the learning path that lives in the app.
 
 A *job* fine-tunes the serving network on the samples of the training store (:mod:`backend.training_store`),
-measures NoC@85/90 on held-out samples before and after, and promotes the result only if it is not worse
-(:mod:`backend.fit_job`). The job runs in its own process (``python -m backend.fit_job``), or, with ``REDIS_URL``
-set, in ``python -m backend.fit_worker`` through an RQ queue (:mod:`backend.fit_queue`). The :class:`FitManager`
-queues jobs, spawns or enqueues them, reaps them and swaps promoted versions into the inference worker. The jobs'
-state is :mod:`backend.fit_state`; versions and the serving pointer are :mod:`backend.versions`.
+measures NoC@85/90 on held-out samples before and after, and promotes the result only if a paired comparison
+shows a real improvement (:mod:`backend.fit_gate`, :mod:`backend.fit_job`). The job runs in its own process
+(``python -m backend.fit_job``), or, with ``REDIS_URL`` set, in ``python -m backend.fit_worker`` through an RQ queue
+(:mod:`backend.fit_queue`). The :class:`FitManager` queues jobs, spawns or enqueues them, reaps them and swaps promoted
+versions into the inference worker. The jobs' state is :mod:`backend.fit_state`; versions and the serving pointer
+are :mod:`backend.versions`.
 
 Triggers: a ``START_TRAINING`` webhook, or ``FIT_EVERY_N_SAMPLES`` new sample rows since the last job. Triggers
 coalesce: while a job is queued a new trigger joins it; while one runs, one more job is queued.
@@ -41,6 +42,7 @@ from rq.job import JobStatus
 
 from model import load_checkpoint
 
+from .fit_gate import RULE, readiness
 from .fit_queue import WAITING, FitQueue
 from .fit_state import FIT_DIR, JOB_LOCK, FitState, describe, now, try_lock
 from .settings import Settings, settings_to_json
@@ -125,6 +127,7 @@ class FitManager:
         """Queue a job (or join the one already queued); returns the job that will serve the request."""
         count = self.training.count()
         watermark = self.training.max_id()
+        gate = self.gate()
         with self.state.edit() as state:
             state["watermark"] = max(int(state["watermark"]), watermark)
             queued = next((j for j in state["jobs"] if j["status"] == "queued"), None)
@@ -136,6 +139,8 @@ class FitManager:
             state["next_id"] += 1
             if count == 0:  # nothing to learn from: answer at once instead of starting a process
                 job.update(status="rejected", reason="no stored samples to train on", finished_at=now())
+            elif not gate["ready"]:  # the gate could not tell a real improvement: do not spend the CPU
+                job.update(status="rejected", reason=gate["waiting_for"], finished_at=now())
             state["jobs"].append(job)
         log.info("%s (trigger %s%s)", describe(job), trigger, f", project {project_id}" if project_id else "")
         self._queue_check_at = 0.0  # enqueue it now (off the request path: the manager thread talks to Redis)
@@ -169,11 +174,19 @@ class FitManager:
             "samples": {**counts, "total": sum(counts.values()),
                         "new_since_last_job": self.training.count_after(int(state["watermark"]))},
             "every_n_samples": self.settings.fit_every_n_samples,
+            "gate": self.gate(),
             "current": current,
             "queued": queued if queued is not current else None,
             "history": [j for j in jobs if j is not current and j is not queued],
             "runner": self.queue.info() if self.queue is not None else {"kind": "process"},
         }
+
+    def gate(self) -> dict[str, Any]:
+        """The promotion gate's rule and whether it has the samples it needs (:func:`backend.fit_gate.readiness`)."""
+        s = self.settings
+        ready = readiness(self.training.samples(), s.fit_min_heldout, s.fit_min_train)
+        return {"rule": RULE if s.fit_gate == "paired" else "FIT_GATE=always: every candidate is promoted",
+                "alpha": s.fit_gate_alpha, **ready}
 
     def versions(self) -> list[str]:
         """The base version and every version promoted from it, oldest first (``GET /versions``)."""

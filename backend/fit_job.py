@@ -10,19 +10,18 @@ With ``REDIS_URL`` set the app queues the job through RQ instead (:mod:`backend.
 What it does, writing each phase into the job's entry of the state (``GET /fit``):
 
 1. **loading**: the serving network (:func:`backend.versions.load_serving`, i.e. the promoted version or the base),
-   the stored samples (read-only) with their images (:func:`backend.images.image_loader`, the app's settings) and
-   masks. Held-out samples are the store's ``"val"`` split (whole tasks, see
-   :func:`backend.training_store.split_for_task`); when there are none, a deterministic fifth of the training
-   tasks is held out instead, and with fewer than two tasks the job is rejected.
-2. **eval_before**: NoC@85/90 and mIoU of the serving network on the held-out samples, with the evaluation
-   protocol (:func:`model.evaluate.evaluate_sample`, ``FIT_EVAL_CLICKS`` clicks) and the serving predictor options.
-3. **training**: ``FIT_STEPS`` steps of the training recipe (:mod:`model.train`: multi-point click sampler,
-   iterative click simulation, FCFI loss, Adam with a 10x smaller backbone learning rate, warm-up) on crops of
-   the training samples scaled to ``FIT_CROP`` px; BatchNorm statistics frozen unless ``FIT_FREEZE_BN=false``.
+   the stored samples (read-only) with their images (:func:`backend.images.image_loader`, the app's settings: the
+   images are fetched here, never on the webhook's request path) and masks. Held-out samples are whole tasks
+   (:func:`backend.fit_gate.choose_samples`); with fewer than ``FIT_MIN_HELDOUT`` held-out or ``FIT_MIN_TRAIN``
+   training samples the job is rejected with what is missing.
+2. **eval_before**: per-sample NoC@85/90 of the serving network on the held-out samples, with the evaluation
+   protocol (:func:`model.validation.click_curves`, ``FIT_EVAL_CLICKS`` clicks) and the serving predictor options.
+3. **training**: the fine-tuning recipe (:func:`model.finetune.fine_tune`, ``FIT_*`` settings) on the training
+   samples, with the training step of ``model.train``.
 4. **eval_after**: the same evaluation of the fine-tuned network.
-5. **promoted** (not worse, :func:`decide`): checkpoint ``MODEL_DIR/versions/<base>-vN.pth``, then
-   the pointer ``MODEL_DIR/current.json`` (both atomic), which the app swaps in; or **rejected** (the candidate is
-   kept as ``MODEL_DIR/fit/rejected.pth``); or **failed** with the error.
+5. **promoted** (a real improvement in the paired comparison, :func:`backend.fit_gate.decide`): checkpoint
+   ``MODEL_DIR/versions/<base>-vN.pth``, then the pointer ``MODEL_DIR/current.json`` (both atomic), which the app
+   swaps in; or **rejected** (the candidate is kept as ``MODEL_DIR/fit/rejected.pth``); or **failed** with the error.
 
 CPU: ``FIT_THREADS`` torch threads (default 1) and ``os.nice(FIT_NICE)``, so serving keeps priority.
 """
@@ -31,16 +30,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
-import hashlib
 import logging
-import math
 import os
 import socket
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +47,13 @@ import torch
 from torch import nn
 
 from model import FCFIPredictor
-from model.evaluate import evaluate_sample
+from model.finetune import FineTuneConfig, fine_tune, min_object_pixels, training_image
 from model.metrics import noc
-from model.train import fcfi_loss, lr_at, make_batch, param_groups, set_lr, simulate_and_forward
-from model.train_data import AugmentConfig, SampleMaker, TrainImage
+from model.train_data import TrainImage
+from model.validation import click_curves, summarize
 
 from .fit import SETTINGS_ENV
+from .fit_gate import Rejected, choose_samples, decide
 from .fit_state import FIT_DIR, JOB_LOCK, REJECTED, FitState, describe, now, try_lock
 from .images import ImageError, image_loader
 from .settings import Settings, predictor_options, settings_from_json
@@ -72,75 +70,14 @@ from .versions import (
 
 log = logging.getLogger("backend.fit_job")
 
-HOLDOUT_FRACTION = 0.2  # of the training tasks, when the store has no "val" samples
-MAX_NEXT_CLICKS = 3  # simulated correction rounds per training sample, as in model.train
-FEEDBACK_WEIGHTS = (1.0, 1.0)
-BACKBONE_LR_MULT = 0.1
-MIN_OBJECT_PIXELS = 60  # AugmentConfig's: smaller objects at training scale cannot make a crop
 PROGRESS_EVERY_S = 0.5
 
 
-def decide(before: dict[str, float], after: dict[str, float]) -> tuple[bool, str]:
-    """Promote iff the candidate is not worse: NoC@90 lower or equal, ties broken by NoC@85, then by mIoU.
-
-    The last tie-break matters when NoC saturates (every sample at the click limit, e.g. a weak model or few
-    evaluation clicks): NoC cannot tell a broken candidate from a good one there, the mean IoU can.
-    Returns ``(promote, reason)``.
-    """
-    for key, lower_is_better, tol in (("noc90", True, 1e-9), ("noc85", True, 1e-9), ("miou", False, 1e-6)):
-        b, a = float(before[key]), float(after[key])
-        if abs(a - b) > tol:
-            better = a < b if lower_is_better else a > b
-            name = {"noc90": "NoC@90", "noc85": "NoC@85", "miou": "mIoU"}[key]
-            return better, f"{name} {b:.3f} -> {a:.3f} ({'better' if better else 'worse'})"
-    return True, "not worse: NoC@90, NoC@85 and mIoU unchanged"
-
-
-class Rejected(Exception):
-    """The job cannot produce a fair candidate (too little data); it ends ``rejected`` with this reason."""
-
-
-def holdout_tasks(task_ids: set[int], fraction: float = HOLDOUT_FRACTION) -> set[int]:
-    """A deterministic ``fraction`` (at least one) of the tasks, never all of them: the first by SHA-256 of the id."""
-    ordered = sorted(task_ids, key=lambda t: hashlib.sha256(f"fcfi-holdout:{t}".encode()).digest())
-    k = min(len(ordered) - 1, max(1, round(fraction * len(ordered))))
-    return set(ordered[:k])
-
-
-def choose_samples(rows: list[SampleRow], max_train: int, max_val: int) -> tuple[list[SampleRow], list[SampleRow], str]:
-    """``(train, val, how the held-out samples were chosen)``, the newest ``max_*`` of each.
-
-    Raises:
-        Rejected: no samples, or too few tasks to hold one out.
-    """
-    if not rows:
-        raise Rejected("no stored samples to train on")
-    train = [r for r in rows if r.split == "train"]
-    val = [r for r in rows if r.split == "val"]
-    how = "the store's val split"
-    if not val:
-        tasks = {r.task_id for r in train}
-        if len(tasks) < 2:
-            raise Rejected("no held-out (val) samples and all samples come from one task: annotate at least two "
-                           "tasks so one can be held out")
-        held = holdout_tasks(tasks)
-        val = [r for r in train if r.task_id in held]
-        train = [r for r in train if r.task_id not in held]
-        how = f"no val samples: {len(held)} of {len(tasks)} training tasks held out"
-    if not train:
-        raise Rejected("all stored samples are held out (val); annotate more tasks")
-    return train[-max_train:], val[-max_val:], how
-
-
-def freeze_batchnorm(net: nn.Module) -> None:
-    """Keep every BatchNorm layer in eval mode (running statistics fixed) even when ``net.train()`` is called.
-
-    Batches of 4 crops from a handful of images give noisy statistics; the serving model's are kept instead.
-    """
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-            m.train = types.MethodType(lambda self, mode=True: self, m)  # simulate_and_forward calls net.train()
+def recipe(settings: Settings) -> FineTuneConfig:
+    """The fine-tuning recipe of the ``FIT_*`` settings (the rest are :class:`model.finetune.FineTuneConfig`'s)."""
+    return FineTuneConfig(steps=settings.fit_steps, lr=settings.fit_lr, batch_size=max(1, settings.fit_batch_size),
+                          crop=settings.fit_crop, parts=settings.fit_parts, freeze_bn=settings.fit_freeze_bn,
+                          ema=settings.fit_ema)
 
 
 class FitJob:
@@ -193,77 +130,42 @@ class FitJob:
 
     def training_images(self, samples: list[tuple[SampleRow, np.ndarray, np.ndarray]],
                         skipped: list[str]) -> list[TrainImage]:
-        """Images scaled to at most ``FIT_CROP`` px on the long side, as :class:`model.train_data.SampleMaker` wants."""
+        """Images scaled to at most ``FIT_CROP`` px on the long side (:func:`model.finetune.training_image`)."""
         out = []
         for row, rgb, mask in samples:
-            scale = self.s.fit_crop / max(rgb.shape[:2])
-            if scale < 1:
-                size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-                mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
-            if mask.sum() < 2 * MIN_OBJECT_PIXELS:
-                skipped.append(f"sample {row.id}: object too small to train on ({int(mask.sum())} px at "
-                               f"{rgb.shape[1]}x{rgb.shape[0]})")
+            image = training_image(rgb, mask, f"task{row.task_id}", self.s.fit_crop)
+            area = int((image.labels > 0).sum())
+            if area < min_object_pixels():
+                skipped.append(f"sample {row.id}: object too small to train on ({area} px at "
+                               f"{image.rgb.shape[1]}x{image.rgb.shape[0]})")
                 continue
-            labels = mask.astype(np.uint8) * np.uint8(255)
-            out.append(TrainImage(np.ascontiguousarray(rgb), labels, [(255,)], f"task{row.task_id}"))
+            out.append(image)
         return out
 
     # -- evaluation and training -------------------------------------------------------------------------------------
 
     def evaluate(self, net: nn.Module, samples: list[tuple[SampleRow, np.ndarray, np.ndarray]],
                  phase: str) -> dict[str, Any]:
-        """NoC@85/90 (mean), mIoU (mean over samples and clicks) with the serving predictor options."""
+        """NoC@85/90 (mean and ``per_sample``, in the samples' order), NoF@90 and IoU@1 with the serving predictor
+        options and ``FIT_EVAL_CLICKS`` clicks; a sample stops at 90% IoU (both NoCs stay exact)."""
         t0 = time.perf_counter()
         net.eval()
         predictor = FCFIPredictor(net, device=self.device, **predictor_options(self.s))
         n = max(1, self.s.fit_eval_clicks)
-        curves = []
-        for i, (_, rgb, mask) in enumerate(samples):
-            self.progress(phase, i, len(samples))
-            curves.append(evaluate_sample(predictor, rgb, mask.astype(np.int8), n)["ious"])
+        curves = click_curves(predictor, ((rgb, mask.astype(np.int8)) for _, rgb, mask in samples), n,
+                              stop_iou=0.90, progress=lambda i: self.progress(phase, i, len(samples)))
         self.timings[phase + "_s"] = round(time.perf_counter() - t0, 2)
-        return {"noc85": float(np.mean([noc(c, 0.85, n) for c in curves])),
-                "noc90": float(np.mean([noc(c, 0.90, n) for c in curves])),
-                "miou": float(np.mean([np.mean(c) for c in curves])), "n": len(curves), "clicks": n}
+        figures = summarize(curves, n)
+        figures.pop("miou")  # curves stop at 90%
+        return {**figures, "clicks": n, "per_sample": {"noc90": [noc(c, 0.90, n) for c in curves],
+                                                       "noc85": [noc(c, 0.85, n) for c in curves]}}
 
     def train(self, net: nn.Module, images: list[TrainImage]) -> dict[str, float]:
-        """Fine-tune ``net`` in place; returns the first and last loss."""
-        t0 = time.perf_counter()
-        s = self.s
-        longest = max(max(img.rgb.shape[:2]) for img in images)
-        side = int(min(s.fit_crop, max(64, math.ceil(longest / 32) * 32)))
-        maker = SampleMaker(images, AugmentConfig(crop=(side, side), min_object_pixels=MIN_OBJECT_PIXELS))
-        for p in net.parameters():
-            p.requires_grad_(True)
-        if s.fit_freeze_bn:
-            freeze_batchnorm(net)
-        net.train()
-        opt = torch.optim.Adam(param_groups(net, s.fit_lr, BACKBONE_LR_MULT), lr=s.fit_lr)
-        steps, warmup = max(0, s.fit_steps), min(10, s.fit_steps // 5)
-        torch.manual_seed(self.job_id)
-        losses: list[float] = []
-        for step in range(steps):
-            self.progress("training", step, steps)
-            images_t, masks, clicks = make_batch(maker, self.job_id, step, max(1, s.fit_batch_size), (side, side))
-            images_t, masks = images_t.to(self.device), masks.to(self.device)
-            set_lr(opt, lr_at(step, steps, s.fit_lr, warmup, 0.85))
-            rng = np.random.default_rng([self.job_id, step, 1])
-            out = simulate_and_forward(net, images_t, masks, clicks, rng, MAX_NEXT_CLICKS, False)
-            loss, _ = fcfi_loss(out, masks, FEEDBACK_WEIGHTS)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"the loss is {value} at step {step}; lower FIT_LR")
-            losses.append(value)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        self.progress("training", steps, steps, force=True)
-        net.eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        self.timings["training_s"] = round(time.perf_counter() - t0, 2)
-        return {"first": losses[0], "last": losses[-1], "crop": side} if losses else {"crop": side}
+        """Fine-tune ``net`` in place with the ``FIT_*`` recipe; returns the first and last loss and the crop."""
+        out = fine_tune(net, images, recipe(self.s), seed=self.job_id,
+                        progress=lambda step, total: self.progress("training", step, total, force=step == total))
+        self.timings["training_s"] = out.pop("seconds")
+        return out
 
     # -- the job ---------------------------------------------------------------------------------------------------
 
@@ -279,18 +181,19 @@ class FitJob:
         skipped: list[str] = []
         store = TrainingStore(self.model_dir / "training", readonly=True)
         try:
-            train_rows, val_rows, how = choose_samples(store.samples(), max(1, self.s.fit_max_train_samples),
-                                                       max(1, self.s.fit_max_val_samples))
-            val = self.load_samples(store, val_rows, "loading", skipped)
-            train = self.training_images(self.load_samples(store, train_rows, "loading", skipped), skipped)
+            chosen = choose_samples(store.samples(), self.s.fit_min_heldout, self.s.fit_min_train,
+                                    max(1, self.s.fit_max_train_samples), max(1, self.s.fit_max_val_samples))
+            val = self.load_samples(store, chosen.val, "loading", skipped)
+            train = self.training_images(self.load_samples(store, chosen.train, "loading", skipped), skipped)
         finally:
             store.close()
-        counts = {"train": len(train), "val": len(val), "holdout": how, "skipped": len(skipped)}
+        counts = {"train": len(train), "val": len(val), "holdout": chosen.how, "skipped": len(skipped)}
         self.state.update_job(self.job_id, samples=counts, skipped=skipped[:20])
         for reason in skipped:
             log.warning("skipped %s", reason)
-        if not val:
-            raise Rejected("no held-out sample could be loaded" + (f" ({skipped[0]})" if skipped else ""))
+        if len(val) < self.s.fit_min_heldout:
+            raise Rejected(f"only {len(val)} of the {self.s.fit_min_heldout} held-out samples the gate needs could be "
+                           "loaded" + (f" ({skipped[0]})" if skipped else ""))
         if not train:
             raise Rejected("no training sample could be loaded" + (f" ({skipped[0]})" if skipped else ""))
         self.timings["loading_s"] = round(time.perf_counter() - t0, 2)
@@ -299,10 +202,10 @@ class FitJob:
         self.state.update_job(self.job_id, before=before)
         loss = self.train(net, train)
         after = self.evaluate(net, val, "eval_after")
-        promote, reason = decide(before, after)
+        promote, reason = decide(before, after, self.s.fit_gate_alpha, self.s.fit_gate)
         result: dict[str, Any] = {"before": before, "after": after, "loss": loss, "reason": reason}
         meta = {"base_version": base, "parent_version": serving.version, "job_id": self.job_id, "before": before,
-                "after": after, "samples": counts, "steps": self.s.fit_steps, "lr": self.s.fit_lr}
+                "after": after, "samples": counts, "recipe": dataclasses.asdict(recipe(self.s)), "gate": reason}
         if not promote:
             path = self.model_dir / FIT_DIR / REJECTED
             try:

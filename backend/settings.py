@@ -64,7 +64,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from model.finetune import PARTS, FineTuneConfig
 from model.predictor import MAX_SIZE, TARGET_SIZE
+
+_RECIPE = FineTuneConfig()  # the fit job's recipe defaults (model.finetune) are the FIT_* defaults
 
 
 def _env(default: Any, *names: str, empty_ok: bool = False) -> Any:
@@ -124,12 +127,18 @@ class Settings:
     model_version: str | None = _env(None, "MODEL_VERSION")
     log_level: str = _env("INFO", "LOG_LEVEL")
     fit_every_n_samples: int = _env(25, "FIT_EVERY_N_SAMPLES")
-    fit_steps: int = _env(60, "FIT_STEPS")
-    fit_batch_size: int = _env(4, "FIT_BATCH_SIZE")
-    fit_lr: float = _env(2e-4, "FIT_LR")
-    fit_crop: int = _env(320, "FIT_CROP")
-    fit_freeze_bn: bool = _env(True, "FIT_FREEZE_BN")
+    fit_steps: int = _env(_RECIPE.steps, "FIT_STEPS")
+    fit_batch_size: int = _env(_RECIPE.batch_size, "FIT_BATCH_SIZE")
+    fit_lr: float = _env(_RECIPE.lr, "FIT_LR")
+    fit_crop: int = _env(_RECIPE.crop, "FIT_CROP")
+    fit_parts: str = _env(_RECIPE.parts, "FIT_PARTS")
+    fit_freeze_bn: bool = _env(_RECIPE.freeze_bn, "FIT_FREEZE_BN")
+    fit_ema: float = _env(_RECIPE.ema, "FIT_EMA")
     fit_eval_clicks: int = _env(20, "FIT_EVAL_CLICKS")
+    fit_min_heldout: int = _env(10, "FIT_MIN_HELDOUT")
+    fit_min_train: int = _env(10, "FIT_MIN_TRAIN")
+    fit_gate: str = _env("paired", "FIT_GATE")
+    fit_gate_alpha: float = _env(0.05, "FIT_GATE_ALPHA")
     fit_max_val_samples: int = _env(20, "FIT_MAX_VAL_SAMPLES")
     fit_max_train_samples: int = _env(500, "FIT_MAX_TRAIN_SAMPLES")
     fit_threads: int = _env(1, "FIT_THREADS")
@@ -142,6 +151,10 @@ class Settings:
 
         if self.runtime not in RUNTIMES:
             raise ValueError(f"RUNTIME must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.fit_gate not in ("paired", "always"):  # backend.fit_gate.GATES
+            raise ValueError(f"FIT_GATE must be paired or always, got {self.fit_gate!r}")
+        if self.fit_parts not in PARTS:
+            raise ValueError(f"FIT_PARTS must be one of {', '.join(PARTS)}, got {self.fit_parts!r}")
         if self.label_studio_url is not None:
             self.label_studio_url = self.label_studio_url.rstrip("/") or None
 

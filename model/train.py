@@ -33,29 +33,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import sys
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from .builder import build_model
 from .checkpoint import load_checkpoint, load_state_strict, save_checkpoint
-from .clicks import points_tensor
 from .ema import WeightEMA
 from .leak_guard import evaluation_images, find_matches
-from .losses import normalized_focal_loss
-from .predictor import MASK_THRESHOLD
-from .sampling import next_click
 from .train_data import (
     TRAIN_SETS,
     AugmentConfig,
@@ -65,9 +56,10 @@ from .train_data import (
     present_sets,
     save_data_list,
 )
+from .train_step import StepConfig, lr_at, make_batch, param_groups, train_step
 from .validation import validate
 
-Batch = tuple[torch.Tensor, torch.Tensor, list[list[tuple[float, float, bool]]]]
+RECIPE = StepConfig()  # the step's defaults, which the command line shows and overrides
 
 
 def parse_crop_schedule(text: str) -> list[tuple[float, tuple[int, int]]]:
@@ -87,118 +79,6 @@ def crop_at(schedule: list[tuple[float, tuple[int, int]]], step: int, total: int
         if step >= start * total:
             crop = size
     return crop
-
-
-def make_batch(maker: SampleMaker, seed: int, step: int, batch_size: int, crop: tuple[int, int]) -> Batch:
-    rng = np.random.default_rng([seed, step])
-    maker.cfg.crop = crop
-    samples = [maker(rng) for _ in range(batch_size)]
-    images = torch.from_numpy(np.stack([s[0] for s in samples]))
-    masks = torch.from_numpy(np.stack([s[1] for s in samples]))
-    return images, masks, [list(s[2]) for s in samples]
-
-
-def simulate_and_forward(net: nn.Module, images: torch.Tensor, masks: torch.Tensor,
-                         clicks: list[list[tuple[float, float, bool]]], rng: np.random.Generator,
-                         max_next_clicks: int, autocast: bool, first_click_prob: float = 0.0) -> dict[str, Any]:
-    """Iterative training: correction rounds without gradient, then the training pass.
-
-    Args:
-        images: [B, 3, H, W] in [0, 1].
-        masks: [B, 1, H, W], 1 object, 0 background, -1 ignore (never clicked).
-        clicks: per sample the initial ``(y, x, positive)`` clicks, the centre click first (extended in place).
-        first_click_prob: chance that the whole batch is a first click: the centre click alone, no rounds.
-    Returns:
-        the network outputs of the final pass plus ``rounds`` (simulated correction clicks; -1 for a
-        first-click batch).
-    """
-    device = images.device
-    b = images.shape[0]
-    prev = torch.zeros(masks.shape, dtype=images.dtype, device=device)
-    new_points = torch.tensor([[c[0][0], c[0][1], 1.0] for c in clicks], device=device)
-    if first_click_prob and rng.random() < first_click_prob:
-        for c in clicks:
-            del c[1:]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = net(torch.cat([images, prev], 1), points_tensor(clicks, device), new_points, 0.0)
-        out["rounds"] = -1
-        return out
-    rounds = int(rng.integers(0, max_next_clicks + 1))
-    gt = masks[:, 0].cpu().numpy() > 0.5
-    ignore = masks[:, 0].cpu().numpy() < 0
-    if rounds:
-        net.eval()
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            for r in range(rounds):
-                out = net(torch.cat([images, prev], 1), points_tensor(clicks, device), new_points,
-                          0.0 if r == 0 else 1.0)
-                prev = torch.sigmoid(out["instances"].float())
-                pred = prev[:, 0].cpu().numpy() > MASK_THRESHOLD
-                for i in range(b):
-                    c = next_click(pred[i], gt[i], rng, ignore[i])
-                    if c is not None:
-                        clicks[i].append(c)
-                        new_points[i] = torch.tensor([c[0], c[1], float(c[2])])
-        net.train()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        out = net(torch.cat([images, prev], 1), points_tensor(clicks, device), new_points,
-                  1.0 if rounds else 0.0)
-    out["rounds"] = rounds
-    return out
-
-
-def fcfi_loss(out: dict[str, Any], masks: torch.Tensor, feedback_weights: tuple[float, float]
-              ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. 6: NFL(output) + w1 * NFL(M_c inside the FFCM box) + w2 * NFL(M_u).
-
-    The feedback maps are probabilities; the loss reads them as such (the official trainer applies a
-    second sigmoid to them, which squeezes them into [0.5, 0.73]; the paper's Eq. 6 does not).
-    """
-    parts = {"instances": normalized_focal_loss(out["instances"].float(), masks).mean()}
-    total = parts["instances"]
-    if out.get("feedback1") is not None and feedback_weights[0]:
-        valid = out["box_mask"] >= 1.0 if out.get("box_mask") is not None else None
-        parts["feedback1"] = normalized_focal_loss(out["feedback1"].float(), masks, from_logits=False,
-                                                   valid=valid).mean()
-        total = total + feedback_weights[0] * parts["feedback1"]
-    if out.get("feedback2") is not None and feedback_weights[1]:
-        parts["feedback2"] = normalized_focal_loss(out["feedback2"].float(), masks, from_logits=False).mean()
-        total = total + feedback_weights[1] * parts["feedback2"]
-    return total, {k: float(v.detach()) for k, v in parts.items()}
-
-
-def param_groups(net: nn.Module, lr: float, backbone_mult: float) -> list[dict[str, Any]]:
-    backbone = {id(p) for p in getattr(net, "backbone_parameters", lambda: [])()}
-    return [
-        {"params": [p for p in net.parameters() if id(p) in backbone], "lr": lr * backbone_mult, "base": backbone_mult},
-        {"params": [p for p in net.parameters() if id(p) not in backbone], "lr": lr, "base": 1.0},
-    ]
-
-
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for g in opt.param_groups:
-        g["lr"] = lr * g["base"]
-
-
-def lr_at(step: int, total: int, lr: float, warmup: int, decay_at: float, schedule: str = "step",
-          min_frac: float = 0.01) -> float:
-    """The learning rate of ``step``: linear warmup over ``warmup`` steps, then either a 10x drop at
-    ``decay_at * total`` (``step``) or a cosine from ``lr`` down to ``min_frac * lr`` at ``total`` (``cosine``)."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    if schedule == "cosine":
-        t = min(1.0, (step - warmup) / max(1, total - warmup))
-        return lr * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * t)))
-    if schedule != "step":
-        raise ValueError(f"unknown schedule {schedule!r}")
-    return lr * (0.1 if step >= decay_at * total else 1.0)
-
-
-def clip_gradients(params: Iterable[torch.Tensor], max_norm: float) -> float:
-    """Clip the global L2 norm of the gradients to ``max_norm`` (0: leave them) and return the norm before."""
-    params = [p for p in params if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-    return float(norm)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,18 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of scale-matched views (the whole object in a window of 0.3-1.0 of the image)")
     ap.add_argument("--paste-prob", type=float, default=0.1)
     ap.add_argument("--paste-feather", type=float, default=1.5, help="alpha-edge sigma (px) of pasted cut-outs")
-    ap.add_argument("--first-click-prob", type=float, default=0.3,
+    ap.add_argument("--first-click-prob", type=float, default=RECIPE.first_click_prob,
                     help="share of batches trained as the evaluation's first click (centre click alone)")
     ap.add_argument("--schedule", default="cosine", choices=["cosine", "step"])
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the head (after warmup)")
-    ap.add_argument("--backbone-lr-mult", type=float, default=0.1)
+    ap.add_argument("--backbone-lr-mult", type=float, default=RECIPE.backbone_lr_mult)
     ap.add_argument("--warmup", type=int, default=500)
     ap.add_argument("--decay-at", type=float, default=0.85, help="step schedule: fraction of steps where lr drops 10x")
     ap.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights (0: no EMA)")
-    ap.add_argument("--max-next-clicks", type=int, default=3)
-    ap.add_argument("--clip-grad", type=float, default=2.0,
+    ap.add_argument("--max-next-clicks", type=int, default=RECIPE.max_next_clicks)
+    ap.add_argument("--clip-grad", type=float, default=RECIPE.clip_grad,
                     help="clip the global gradient norm to this (0: off); the norm is logged either way")
-    ap.add_argument("--feedback-weights", type=float, nargs=2, default=(1.0, 1.0), metavar=("W_FFCM", "W_CFFM"))
+    ap.add_argument("--feedback-weights", type=float, nargs=2, default=RECIPE.feedback_weights,
+                    metavar=("W_FFCM", "W_CFFM"))
     ap.add_argument("--skip-prev-mask", action="store_true",
                     help="lite0: also feed the previous mask into the decoder's click skip (the first recipe; "
                          "then --fcfi none is not the paper's baseline)")
@@ -305,7 +186,10 @@ def main(argv: list[str] | None = None) -> None:
     net.to(device).train()  # load_checkpoint hands the network over in eval mode
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(param_groups(net, args.lr, args.backbone_lr_mult), lr=args.lr)
+    recipe = StepConfig(max_next_clicks=args.max_next_clicks, first_click_prob=args.first_click_prob,
+                        feedback_weights=tuple(args.feedback_weights), clip_grad=args.clip_grad,
+                        backbone_lr_mult=args.backbone_lr_mult, autocast=args.bf16, channels_last=args.channels_last)
+    opt = torch.optim.Adam(param_groups(net, args.lr, recipe.backbone_lr_mult), lr=args.lr)
     ema = WeightEMA(net, args.ema) if args.ema else None
 
     start, best = 0, float("inf")
@@ -352,29 +236,12 @@ def main(argv: list[str] | None = None) -> None:
         if step + 1 < stop:
             future = pool.submit(make_batch, maker, args.seed, step + 1, args.batch_size,
                                  crop_at(schedule, step + 1, args.steps))
-        images, masks = images.to(device), masks.to(device)
-        if args.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         lr = lr_at(step, args.steps, args.lr, args.warmup, args.decay_at, args.schedule)
-        set_lr(opt, lr)
-        rng = np.random.default_rng([args.seed, step, 1])
-        outputs = simulate_and_forward(net, images, masks, clicks, rng, args.max_next_clicks, args.bf16,
-                                       args.first_click_prob)
-        loss, parts = fcfi_loss(outputs, masks, tuple(args.feedback_weights))
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss is {loss_value} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = clip_gradients(net.parameters(), args.clip_grad)
-        opt.step()
-        if ema is not None:
-            ema.update(net)
-        bar.set_postfix(loss=f"{loss_value:.3f}", crop="x".join(map(str, images.shape[-2:])), refresh=False)
+        record = train_step(net, opt, (images.to(device), masks.to(device), clicks), recipe, lr, args.seed, step, ema)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", crop="x".join(map(str, images.shape[-2:])), refresh=False)
         now = time.time()
-        log.write(json.dumps({"step": step, "loss": loss_value, **parts, "grad_norm": round(grad_norm, 4),
-                              "lr": lr, "rounds": outputs["rounds"],
-                              "sec": round(now - t_last, 3), "crop": list(images.shape[-2:])}) + "\n")
+        log.write(json.dumps({"step": step, **record, "lr": lr, "sec": round(now - t_last, 3),
+                              "crop": list(images.shape[-2:])}) + "\n")
         t_last = now
         done = step + 1
         if args.val_every and (done % args.val_every == 0 or done == args.steps):

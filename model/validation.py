@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +29,62 @@ def validation_entries(root: Path, val_fraction: float = 0.07) -> list:
     return build_index(root, present_sets(root), val_fraction)["val"]
 
 
+def click_curves(predictor: Any, samples: Iterable[tuple[np.ndarray, np.ndarray]], n_clicks: int,
+                 stop_iou: float | None = None, progress: Callable[[int], None] | None = None) -> list[list[float]]:
+    """IoU after each click of the evaluation protocol (:func:`model.evaluate.evaluate_sample`), per sample.
+
+    Args:
+        predictor: an :class:`~model.predictor.FCFIPredictor`.
+        samples: ``(rgb (H, W, 3) uint8, gt (H, W) int8: 1 object, 0 background, -1 ignored)`` pairs.
+        stop_iou: a sample stops once it reaches this IoU (its curve is then shorter than ``n_clicks``).
+        progress: called with the index of each sample before it is evaluated.
+    """
+    from .evaluate import evaluate_sample
+
+    curves = []
+    with torch.no_grad():
+        for i, (rgb, gt) in enumerate(samples):
+            if progress is not None:
+                progress(i)
+            curves.append(evaluate_sample(predictor, rgb, gt, n_clicks, stop_iou=stop_iou)["ious"])
+    return curves
+
+
+def summarize(curves: list[list[float]], n_clicks: int) -> dict[str, Any]:
+    """NoC@85/90 (mean), NoF@90 (count), IoU after the first click and mIoU (mean over samples of the mean over
+    clicks; a stopped curve counts only its clicks), and ``n``."""
+    from .metrics import noc
+
+    noc90 = [noc(c, 0.90, n_clicks) for c in curves]
+    return {"noc85": float(np.mean([noc(c, 0.85, n_clicks) for c in curves])), "noc90": float(np.mean(noc90)),
+            "nof90": int(sum(n >= n_clicks for n in noc90)), "iou1": float(np.mean([c[0] for c in curves])),
+            "miou": float(np.mean([np.mean(c) for c in curves])), "n": len(curves)}
+
+
 def validate(net: nn.Module, root: Path, entries: list, device: torch.device, n_clicks: int = 20,
              zoom_in: bool = True, **predictor_options: Any) -> dict[str, float]:
     """NoC@85/90, NoF@90 and mean IoU after the first click on held-out objects, with the evaluation's
     clicker and Zoom-In (no flip unless ``predictor_options`` say so; they go to :class:`FCFIPredictor`, e.g.
     ``flip``, ``max_size``, ``target_size``, ``runtime``). A sample stops once it reaches 90% IoU, which fixes
     both NoCs."""
-    from .evaluate import evaluate_sample
-    from .metrics import noc
     from .predictor import FCFIPredictor
 
     was_training = net.training
     net.eval()
     predictor = FCFIPredictor(net, device=device, zoom_in=zoom_in, **{"flip": False, **predictor_options})
-    rows = []
-    with torch.no_grad():
+
+    def samples() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for img in load_entries(root, entries):
             gt = np.isin(img.labels, list(img.objects[0])).astype(np.int8)
             if img.ignore is not None:
                 gt[img.ignore] = -1
-            rows.append(evaluate_sample(predictor, img.rgb, gt, n_clicks, stop_iou=0.90)["ious"])
+            yield img.rgb, gt
+
+    curves = click_curves(predictor, samples(), n_clicks, stop_iou=0.90)
     net.train(was_training)
-    noc90 = [noc(r, 0.90, n_clicks) for r in rows]
-    return {"noc85": float(np.mean([noc(r, 0.85, n_clicks) for r in rows])), "noc90": float(np.mean(noc90)),
-            "nof90": int(sum(n >= n_clicks for n in noc90)),
-            "iou1": float(np.mean([r[0] for r in rows])), "n": len(rows)}
+    figures = summarize(curves, n_clicks)
+    figures.pop("miou")  # curves stop at 90%: their mean IoU is not the protocol's
+    return figures
 
 
 def main(argv: list[str] | None = None) -> None:

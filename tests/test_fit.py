@@ -2,8 +2,8 @@
 
 The serving model is the session's tiny network (conftest.py) saved as a checkpoint; a stand-in Label Studio
 (ls_stub.py) serves small images. Jobs run a couple of steps on 64x80 images with 3 evaluation clicks, so each
-takes seconds. ``FIT_LR=0`` makes the candidate equal to the serving model (not worse: promoted), a large rate
-breaks it (worse: rejected).
+takes seconds. ``FIT_LR=0`` with ``FIT_GATE=always`` makes the candidate equal to the serving model and promoted (the
+pipeline's tests); a large rate breaks it, and the paired gate rejects it.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from support import fit_image_path as image_path
 from support import fit_keypoint as keypoint
 from support import task_scene as scene
 
-from backend import fit_job, fit_state, versions
-from backend.fit_job import choose_samples, holdout_tasks
+from backend import fit_gate, fit_state, versions
+from backend.fit_gate import Rejected, choose_samples, decide, readiness, select, task_order
 from backend.settings import Settings, settings_from_json, settings_to_json
 from backend.training_store import SampleRow, TrainingStore
 from model import load_checkpoint, save_checkpoint
@@ -60,7 +60,8 @@ def fit_settings(checkpoint: Path, ls: FakeLabelStudio, model_dir: Path, **overr
     base: dict[str, Any] = dict(
         checkpoint=str(checkpoint), label_studio_url=ls.url, label_studio_api_key=ls.legacy_token, model_dir=model_dir,
         flip=False, target_size=96, max_size=128, torch_threads=1,
-        fit_every_n_samples=0, fit_steps=2, fit_batch_size=2, fit_lr=0.0, fit_crop=96, fit_eval_clicks=3)
+        fit_every_n_samples=0, fit_steps=2, fit_batch_size=2, fit_lr=0.0, fit_crop=96, fit_eval_clicks=3,
+        fit_gate="always", fit_min_heldout=2, fit_min_train=1)
     base.update(overrides)
     return Settings(**base)
 
@@ -162,7 +163,7 @@ def test_start_training_promotes_a_version_served_without_restart(checkpoint, la
         assert job["version"] == f"{BASE}-v1" and job["start_version"] == BASE
         assert job["before"] == job["after"] and job["before"]["n"] == 2 and job["before"]["clicks"] == 3
         assert job["samples"]["train"] == 3 and job["samples"]["val"] == 2 and job["wall_s"] > 0
-        assert "not worse" in job["reason"]
+        assert "FIT_GATE=always" in job["reason"]
 
         # Swapped into the running service between requests.
         deadline = time.monotonic() + 30
@@ -207,15 +208,16 @@ def test_start_training_promotes_a_version_served_without_restart(checkpoint, la
 
 def test_a_worse_candidate_is_rejected_and_the_serving_version_kept(checkpoint, label_studio, tmp_path) -> None:
     model_dir = tmp_path / "model"
-    server = Server(fit_settings(checkpoint, label_studio, model_dir, fit_lr=0.5))  # breaks the tiny network
+    # The paired gate; a large rate breaks the tiny network.
+    server = Server(fit_settings(checkpoint, label_studio, model_dir, fit_lr=0.5, fit_gate="paired"))
     try:
         for task in TRAIN_TASKS + VAL_TASKS:
             assert annotate(server, task).status_code == 200
         answer, _ = start_training(server)
         job = server.wait_job(answer["job"]["id"])
         assert job["status"] == "rejected", job
-        assert job["after"]["miou"] < job["before"]["miou"] and "worse" in job["reason"]
-        assert job["after"]["noc90"] >= job["before"]["noc90"]
+        assert job["after"]["iou1"] < job["before"]["iou1"] and "not better" in job["reason"], job
+        assert job["after"]["noc85"] >= job["before"]["noc85"] and job["after"]["noc90"] >= job["before"]["noc90"]
         assert server.get("/versions") == {"versions": [BASE]}
         assert server.post("/setup", {}).json()["model_version"] == BASE
         assert not (model_dir / "current.json").exists() and not (model_dir / "versions").exists()
@@ -319,27 +321,123 @@ def test_too_little_data_is_rejected_with_a_reason(checkpoint, label_studio, tmp
         answer = r.json()
         assert answer["job"]["status"] == "rejected" and "no stored samples" in answer["error"]
         assert server.get("/fit")["current"]["reason"] == "no stored samples to train on"
-        assert annotate(server, TRAIN_TASKS[0]).status_code == 200  # one task, no val split
-        answer, _ = start_training(server)
-        assert answer["message"].startswith(f"Fine-tuning job {answer['job']['id']} is queued on ")
-        job = server.wait_job(answer["job"]["id"])
-        assert job["status"] == "rejected" and "at least two tasks" in job["reason"], job
+        assert annotate(server, TRAIN_TASKS[0]).status_code == 200  # one task: nothing can be held out
+        gate = server.get("/fit")["gate"]
+        assert not gate["ready"] and gate["heldout"] == 0 and gate["train"] == 1, gate
+        assert "collecting samples: 1 stored" in gate["waiting_for"] and "FIT_GATE=always" in gate["rule"]
+        r = server.post("/webhook", {"action": "START_TRAINING", "project": {"id": PROJECT, "title": "Disks"}})
+        assert r.status_code == 422 and "Fine-tuning not started: collecting samples" in r.reason, r.reason
+        assert server.get("/fit")["current"]["reason"] == gate["waiting_for"]
         assert server.get("/versions") == {"versions": [BASE]}
     finally:
         server.stop()
 
 
+def test_the_gate_waits_for_enough_held_out_samples_then_decides(checkpoint, label_studio, tmp_path) -> None:
+    # Three held-out samples needed: the two val tasks are not enough until a third task can be moved over.
+    server = Server(fit_settings(checkpoint, label_studio, tmp_path / "model", fit_min_heldout=3, fit_min_train=2,
+                                 fit_gate="paired"))
+    try:
+        for task in VAL_TASKS + TRAIN_TASKS[:2]:
+            assert annotate(server, task).status_code == 200
+        gate = server.get("/fit")["gate"]
+        assert not gate["ready"] and (gate["heldout"], gate["train"]) == (3, 1), gate
+        assert "3 held-out and 2 training samples" in gate["waiting_for"]
+        r = server.post("/webhook", {"action": "START_TRAINING", "project": {"id": PROJECT, "title": "Disks"}})
+        assert r.status_code == 422 and "collecting samples: 4 stored" in r.reason, r.reason
+        assert annotate(server, TRAIN_TASKS[2]).status_code == 200
+        gate = server.get("/fit")["gate"]
+        assert gate["ready"] and (gate["heldout"], gate["train"]) == (3, 2) and "waiting_for" not in gate, gate
+        answer, _ = start_training(server)
+        job = server.wait_job(answer["job"]["id"])
+        # FIT_LR=0: the candidate is the serving model, so the paired gate has nothing to promote.
+        assert job["status"] == "rejected" and "unchanged on every one of 3 held-out samples" in job["reason"], job
+        assert job["samples"]["val"] == 3 and job["samples"]["train"] == 2 and "1 training task" in \
+            job["samples"]["holdout"]
+        assert server.get("/versions") == {"versions": [BASE]}
+    finally:
+        server.stop()
+
+
+def test_the_webhook_never_touches_the_image_source(checkpoint, tmp_path) -> None:
+    # A stand-in image server that sleeps 5 s on every request: the webhook must not wait for it.
+    import http.server
+    import threading
+
+    hits: list[str] = []
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            hits.append(self.path)
+            time.sleep(5)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    ls_url = f"http://127.0.0.1:{slow.server_port}"
+    settings = Settings(checkpoint=str(checkpoint), label_studio_url=ls_url, label_studio_api_key="k" * 40,
+                        model_dir=tmp_path / "model", torch_threads=1, fit_every_n_samples=0)
+    server = Server(settings)
+    try:
+        times = []
+        for task in TRAIN_TASKS + VAL_TASKS:
+            _, disk = scene(task)
+            for url in (image_path(task), f"{ls_url}/img/{task}.png"):  # a Label Studio upload and a plain URL
+                body = annotation_body([brush_result(disk, "Object", f"r{task}")], annotation_id=hash(url) % 10**6,
+                                       task_id=task, project_id=PROJECT, data={"image": url})
+                t0 = time.perf_counter()
+                r = server.post("/webhook", body)
+                times.append(time.perf_counter() - t0)
+                assert r.status_code == 200 and r.json()["stored"] == 1, r.text
+        assert max(times) < 1.0, times
+        assert hits == [], hits
+    finally:
+        server.stop()
+        slow.shutdown()
+
+
 # -- units ----------------------------------------------------------------------------------------------------------
 
 
-def test_decide_promotes_only_when_not_worse() -> None:
-    b = {"noc85": 4.0, "noc90": 6.0, "miou": 0.80}
-    assert fit_job.decide(b, {**b, "noc90": 5.5, "noc85": 4.5})[0]  # NoC@90 decides first
-    assert not fit_job.decide(b, {**b, "noc90": 6.5, "noc85": 3.0})[0]
-    assert fit_job.decide(b, {**b, "noc85": 3.5, "miou": 0.7})[0]  # tie on NoC@90: NoC@85
-    assert not fit_job.decide(b, {**b, "noc85": 4.5})[0]
-    assert not fit_job.decide(b, {**b, "miou": 0.79})[0]  # NoC saturated/tied: mean IoU
-    assert fit_job.decide(b, dict(b)) == (True, "not worse: NoC@90, NoC@85 and mIoU unchanged")
+def scored(noc90: list[int], noc85: list[int] | None = None) -> dict[str, Any]:
+    return {"per_sample": {"noc90": noc90, "noc85": noc85 if noc85 is not None else noc90}}
+
+
+def test_the_paired_gate_promotes_only_a_real_improvement() -> None:
+    before = scored([8, 12, 5, 20, 9, 7, 14, 6, 11, 10])
+    better = scored([5, 9, 4, 15, 7, 5, 10, 5, 8, 8])  # every sample needs fewer clicks
+    promote, reason = decide(before, better, 0.05)
+    assert promote and "a real improvement" in reason and "10 better, 0 worse" in reason, reason
+    # The same mean fall carried by one sample out of ten: could be noise.
+    lucky = scored([8, 12, 5, 1, 9, 7, 14, 6, 11, 10])
+    promote, reason = decide(before, lucky, 0.05)
+    assert not promote and "could be noise" in reason, reason
+    worse = scored([9, 13, 6, 20, 9, 8, 15, 6, 12, 11])
+    assert decide(before, worse, 0.05) == (False, decide(before, worse, 0.05)[1])
+    assert "not better" in decide(before, worse, 0.05)[1]
+    # A regression is never promoted, whatever alpha.
+    assert not decide(before, worse, 1.0)[0]
+    # NoC@90 unchanged on every sample: NoC@85 decides, by the same rule.
+    promote, reason = decide(scored([20] * 10, [9, 8, 7, 9, 8, 7, 9, 8, 7, 9]), scored([20] * 10, [5] * 10), 0.05)
+    assert promote and reason.startswith("NoC@85"), reason
+    promote, reason = decide(before, before, 0.05)
+    assert not promote and "unchanged on every one of 10" in reason
+    assert decide(before, worse, 0.05, "always")[0] and decide(before, before, 0.05, "always")[0]
+    with pytest.raises(ValueError):
+        decide(before, scored([1, 2]), 0.05)
+
+
+def test_paired_bootstrap_is_one_sided_and_deterministic() -> None:
+    change, p = fit_gate.paired_bootstrap([10, 10, 10], [7, 8, 9])
+    assert change == pytest.approx(-2.0) and p == 0.0
+    change, p = fit_gate.paired_bootstrap([10, 10, 10], [12, 11, 13])
+    assert change == pytest.approx(2.0) and p == 1.0
+    assert fit_gate.paired_bootstrap([5, 9, 3, 7], [6, 4, 3, 9]) == fit_gate.paired_bootstrap([5, 9, 3, 7],
+                                                                                               [6, 4, 3, 9])
 
 
 def row(i: int, task: int, split: str = "train") -> SampleRow:
@@ -347,15 +445,21 @@ def row(i: int, task: int, split: str = "train") -> SampleRow:
 
 
 def test_held_out_samples_are_whole_tasks_chosen_deterministically() -> None:
-    rows = [row(i, task=i // 2) for i in range(20)]  # 10 tasks, 2 samples each
-    train, val, how = choose_samples(rows, 100, 100)
-    assert {r.task_id for r in val} == holdout_tasks(set(range(10))) and len({r.task_id for r in val}) == 2
-    assert not {r.task_id for r in train} & {r.task_id for r in val} and len(train) + len(val) == 20
-    assert choose_samples(list(reversed(rows)), 100, 100)[1] == [r for r in reversed(rows) if r in val]
-    assert "held out" in how
-    rows.append(row(99, task=50, split="val"))
-    train, val, how = choose_samples(rows, 5, 100)
-    assert val == [rows[-1]] and train == rows[15:20] and how == "the store's val split"  # the newest 5
+    rows = [row(i, task=i // 2) for i in range(20)]  # 10 tasks, 2 samples each, none in the val split
+    sel = select(rows, 5)
+    moved = task_order(set(range(10)))[:3]  # whole tasks until 5 samples are held out: 3 tasks, 6 samples
+    assert {r.task_id for r in sel.val} == set(moved) and len(sel.val) == 6 and "3 training task(s)" in sel.how
+    assert not {r.task_id for r in sel.train} & {r.task_id for r in sel.val} and len(sel.train) + len(sel.val) == 20
+    assert {r.id for r in select(list(reversed(rows)), 5).val} == {r.id for r in sel.val}  # order does not matter
+    assert readiness(rows, 5, 14) == {"heldout": 6, "train": 14, "min_heldout": 5, "min_train": 14, "ready": True}
+    assert not readiness(rows, 5, 15)["ready"]
+    with pytest.raises(Rejected, match="collecting samples: 20 stored"):
+        choose_samples(rows, 5, 15, 100, 100)
+    rows += [row(100 + i, task=50 + i, split="val") for i in range(5)]
+    chosen = choose_samples(rows, 5, 10, 8, 100)
+    assert chosen.val == rows[-5:] and chosen.train == rows[12:20] and chosen.how == "the store's val split"
+    one_task = [row(i, task=7) for i in range(30)]  # all samples from one image: nothing can be held out
+    assert select(one_task, 5).val == [] and not readiness(one_task, 5, 1)["ready"]
 
 
 def test_settings_reach_the_job_process_unchanged(tmp_path) -> None:
@@ -379,7 +483,7 @@ def test_a_rejected_candidate_that_cannot_be_written_is_still_rejected(checkpoin
     model_dir = tmp_path / "model"
     # A folder where the file would go: unwritable.
     (model_dir / fit_state.FIT_DIR / fit_state.REJECTED).mkdir(parents=True)
-    server = Server(fit_settings(checkpoint, label_studio, model_dir, fit_lr=0.5))  # breaks the tiny network
+    server = Server(fit_settings(checkpoint, label_studio, model_dir, fit_lr=0.5, fit_gate="paired"))  # breaks it
     try:
         for task in TRAIN_TASKS + VAL_TASKS:
             assert annotate(server, task).status_code == 200

@@ -2,9 +2,10 @@
 
 Everything is a real process: ``redis-server``, replicas A and B (``python -m backend``) and, where a test starts
 one, ``python -m backend.fit_worker``. The data and the jobs are test_fit's: the tiny network, 64x80 disks from a
-stand-in Label Studio, 2 training steps, 3 evaluation clicks, and ``FIT_LR=0`` so the candidate equals the serving
-model (not worse: promoted, deterministically). The tests share the replicas and run in file order, but each one
-asserts relative to what it finds (versions, queued job), so any one of them also runs alone.
+stand-in Label Studio, 2 training steps, 3 evaluation clicks, ``FIT_LR=0`` and ``FIT_GATE=always`` so the candidate
+equals the serving model and is promoted, deterministically (the gate's rule is tested in test_fit). The tests share
+the replicas and run in file order, but each one asserts relative to what it finds (versions, queued job), so any one
+of them also runs alone.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def cluster(checkpoint: Path, label_studio: FakeLabelStudio, redis_server: Redis
                     LABEL_STUDIO_API_KEY=label_studio.legacy_token, MODEL_DIR=str(model_dir),
                     REDIS_URL=redis_server.url, REDIS_PREFIX=PREFIX, FLIP="false", TARGET_SIZE="96", MAX_SIZE="128",
                     TORCH_THREADS="1", FIT_EVERY_N_SAMPLES="0", FIT_STEPS="2", FIT_BATCH_SIZE="2", FIT_LR="0",
-                    FIT_CROP="96", FIT_EVAL_CLICKS="3", FIT_THREADS="1")
+                    FIT_CROP="96", FIT_EVAL_CLICKS="3", FIT_THREADS="1", FIT_GATE="always",
+                    FIT_MIN_HELDOUT="2", FIT_MIN_TRAIN="1")
     replicas = [Backend(name, tmp, env) for name in ("A", "B")]
     try:
         for replica in replicas:
@@ -230,7 +232,7 @@ def test_the_worker_runs_the_job_and_both_replicas_serve_the_promoted_version(cl
         version = done["version"]
         assert version == f"{BASE}-v{len(before)}" and done["start_version"] == before[-1]
         assert done["worker"] == "worker-promote" and done["rq_job"] and done["pid"] != worker.proc.pid
-        assert done["before"]["n"] == 2 and done["before"]["clicks"] == 3 and "not worse" in done["reason"]
+        assert done["before"]["n"] == 2 and done["before"]["clicks"] == 3 and "FIT_GATE=always" in done["reason"]
         assert f"fit job {job['id']} promoted" in (cluster.model_dir / done["log"]).read_text()  # the job's own log
 
         # Published in Redis after the pointer, and swapped into BOTH replicas between requests.

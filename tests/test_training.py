@@ -13,9 +13,10 @@ from support import disk, make_data_root
 from model import load_checkpoint
 from model.losses import normalized_focal_loss
 from model.sampling import interior_point, next_click, sample_initial_clicks
-from model.train import clip_gradients, parse_crop_schedule
 from model.train import main as train_main
+from model.train import parse_crop_schedule
 from model.train_data import AugmentConfig, SampleMaker, _split_of, build_index, load_entries
+from model.train_step import clip_gradients
 
 
 def test_interior_point_is_deep_inside() -> None:
