@@ -21,7 +21,8 @@ With ``REDIS_URL`` (scale-out): the manager of every replica enqueues the ``queu
 lock; again when Redis lost it), never spawns one, and marks it ``failed`` when RQ ended it without running it (its
 work horse died before taking the job lock). A job whose worker died while ``running`` is found by the job lock as
 above. Promoted versions reach every replica through the serving version published in Redis (polled every
-:data:`REDIS_POLL_S`); while Redis is unreachable or has nothing published, the pointer file is watched instead.
+:data:`backend.fit_runners.REDIS_POLL_S`); while Redis is unreachable or has nothing published, the pointer file is
+watched instead.
 """
 
 from __future__ import annotations
@@ -29,39 +30,33 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import redis
-from rq.job import JobStatus
-
 from model import load_checkpoint
 
 from .fit_gate import RULE, readiness
-from .fit_queue import WAITING, FitQueue
+from .fit_queue import FitQueue
+from .fit_runners import ProcessRunner, QueueRunner
 from .fit_state import FIT_DIR, JOB_LOCK, FitState, describe, now, try_lock
-from .settings import Settings, settings_to_json
+from .settings import Settings
 from .versions import POINTER, VERSIONS_DIR, base_version, promoted_versions, read_pointer
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # an interrupted job is queued again on app start until it has run this often
 POLL_S = 0.25  # how often the manager looks at the job, the lock and the pointer
-REDIS_POLL_S = 1.0  # with REDIS_URL: how often the manager asks Redis (queued job, published serving version)
 STALE_TMP_S = 600.0  # temp files older than this were left by a killed writer (writes take about a second)
-SETTINGS_ENV = "FIT_SETTINGS_JSON"  # the app's Settings, for the job process
 
 
 # -- the manager in the app -------------------------------------------------------------------------------------------
 
 
 class FitManager:
-    """Queues fit jobs, runs them one at a time in a child process, and swaps promoted versions into the worker.
+    """Queues fit jobs, has its runner run them one at a time (:mod:`backend.fit_runners`: a child process, or RQ
+    with ``REDIS_URL``), marks dead jobs, and swaps promoted versions into the inference worker.
 
     Args:
         settings: the service settings (``MODEL_DIR``, ``FIT_*``, and everything the job needs to load images).
@@ -77,8 +72,8 @@ class FitManager:
         self.model_dir = Path(settings.model_dir)
         self.state = FitState(self.model_dir)
         self.fit_dir = self.model_dir / FIT_DIR
-        self.queue = queue
-        self.spawn = spawn and queue is None  # queued jobs run in the fit worker
+        self.runner: ProcessRunner | QueueRunner = QueueRunner(self, queue) if queue is not None else \
+            ProcessRunner(self, spawn)
         self.worker: Any = None
         #: the configured base's version: promoted versions fine-tuned from it are served (None: unreadable base,
         #: which the inference worker reports as it fails to load).
@@ -87,14 +82,8 @@ class FitManager:
             self.base_version = base_version(settings)
         except Exception as exc:  # noqa: BLE001 - reported by the worker's load through /health
             log.error("cannot read the configured checkpoint's version (%s); fine-tuning is off", exc)
-        self._proc: subprocess.Popen | None = None
-        self._proc_job: int | None = None
         self._seen: dict[int, tuple] = {}
         self._pointer_mtime: float | None = None
-        self._queue_check_at = 0.0  # monotonic time of the next look at the queued job in Redis
-        self._published_at = 0.0  # ... and at the published serving version
-        self._published_seen: bytes | None = None  # the published record last acted on
-        self._published_ok = False  # the last look found one (else the pointer file is watched)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fit-manager", daemon=True)
@@ -113,12 +102,7 @@ class FitManager:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        proc = self._proc
-        if kill and proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout)
-        if proc is not None and proc.poll() is not None:
-            self._reap()
+        self.runner.shutdown(kill, timeout)
 
     # -- triggers (request path: quick, no model, no images) --------------------------------------------------------
 
@@ -143,7 +127,7 @@ class FitManager:
                 job.update(status="rejected", reason=gate["waiting_for"], finished_at=now())
             state["jobs"].append(job)
         log.info("%s (trigger %s%s)", describe(job), trigger, f", project {project_id}" if project_id else "")
-        self._queue_check_at = 0.0  # enqueue it now (off the request path: the manager thread talks to Redis)
+        self.runner.woken()
         self._wake.set()
         return dict(job)
 
@@ -178,7 +162,7 @@ class FitManager:
             "current": current,
             "queued": queued if queued is not current else None,
             "history": [j for j in jobs if j is not current and j is not queued],
-            "runner": self.queue.info() if self.queue is not None else {"kind": "process"},
+            "runner": self.runner.info(),
         }
 
     def gate(self) -> dict[str, Any]:
@@ -207,17 +191,7 @@ class FitManager:
             self._wake.clear()
 
     def _tick(self) -> None:
-        if self._proc is not None and self._proc.poll() is not None:
-            self._reap()
-        if self._proc is None:
-            self._check_orphans()
-            if self.spawn:
-                self._maybe_start()
-        if self.queue is not None:
-            try:
-                self._sync_queue()
-            except redis.RedisError:  # FitQueue logged it; the job waits in the state until Redis is back
-                pass
+        self.runner.tick()
         self._log_transitions()
         self._maybe_swap()
 
@@ -230,62 +204,7 @@ class FitManager:
                     log.info("%s", describe(job))
                 self._seen[job["id"]] = key
 
-    def _maybe_start(self) -> None:
-        if not any(j["status"] == "queued" for j in self.state.read()["jobs"]):
-            return
-        lock = try_lock(self.fit_dir / JOB_LOCK)
-        if lock is None:  # a job runs in another process; it will finish and we will start ours then
-            return
-        try:
-            with self.state.edit() as state:
-                self._mark_dead(state)  # we hold the lock: a job still "running" in the state has died
-                job = next((j for j in state["jobs"] if j["status"] == "queued"), None)
-                if job is None:
-                    return
-                log_path = self.fit_dir / f"job-{job['id']}.log"
-                job.update(status="running", started_at=now(), progress={"phase": "starting", "step": 0, "total": 0},
-                           log=str(log_path.relative_to(self.model_dir)))
-                job_id = job["id"]
-            try:
-                self._proc = self._popen(job_id, lock, log_path)
-            except Exception as exc:
-                self.state.update_job(job_id, status="failed", error=f"could not start the job process: {exc}",
-                                      finished_at=now())
-                return
-            self._proc_job = job_id
-            self.state.update_job(job_id, pid=self._proc.pid)
-        finally:
-            os.close(lock)  # the child holds its inherited copy of the lock until it exits
-
-    def _popen(self, job_id: int, lock_fd: int, log_path: Path) -> subprocess.Popen:
-        env = dict(os.environ)
-        env[SETTINGS_ENV] = settings_to_json(self.settings)
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(max(1, self.settings.fit_threads))
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        with open(log_path, "ab") as out:
-            return subprocess.Popen(
-                [sys.executable, "-m", "backend.fit_job", "--job-id", str(job_id), "--lock-fd", str(lock_fd)],
-                env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                pass_fds=(lock_fd,))
-
-    def _reap(self) -> None:
-        """Our job process has exited: if it did not write a final status, it was interrupted."""
-        proc, job_id = self._proc, self._proc_job
-        self._proc = self._proc_job = None
-        if proc is None or job_id is None:
-            return
-        code = proc.wait()
-        if code < 0:
-            how = f"interrupted: the job process was killed by {signal.Signals(-code).name}"
-        else:
-            how = f"the job process exited with code {code} without a result"
-        with self.state.edit() as state:
-            job = self.state.job(state, job_id)
-            if job is not None and job["status"] == "running":
-                self._finish_dead(job, how, interrupted=code < 0, tail=self._log_tail(job))
-
-    def _check_orphans(self) -> None:
+    def check_orphans(self) -> None:
         """A job "running" in the state while nobody holds the job lock has died (its process or its app)."""
         if not any(j["status"] == "running" for j in self.state.read()["jobs"]):
             return
@@ -294,17 +213,17 @@ class FitManager:
             return
         try:
             with self.state.edit() as state:
-                self._mark_dead(state)
+                self.mark_dead(state)
         finally:
             os.close(lock)
 
-    def _mark_dead(self, state: dict[str, Any]) -> None:
+    def mark_dead(self, state: dict[str, Any]) -> None:
         for job in state["jobs"]:
             if job["status"] == "running":
-                self._finish_dead(job, "interrupted: the job process is gone (killed, or its app or fit worker "
-                                       "stopped)", interrupted=True, tail=self._log_tail(job))
+                self.finish_dead(job, "interrupted: the job process is gone (killed, or its app or fit worker "
+                                       "stopped)", interrupted=True, tail=self.log_tail(job))
 
-    def _finish_dead(self, job: dict[str, Any], how: str, interrupted: bool, tail: str) -> None:
+    def finish_dead(self, job: dict[str, Any], how: str, interrupted: bool, tail: str) -> None:
         # The pointer is the commit point of a promotion: a job killed after writing it did promote.
         pointer = read_pointer(self.model_dir) or {}
         entry = next((e for e in pointer.get("promoted", [])
@@ -313,14 +232,12 @@ class FitManager:
             job.update(status="promoted", version=entry["version"], before=entry.get("before"),
                        after=entry.get("after"), reason="promoted (the job process died after committing)",
                        finished_at=now())
-            if self.queue is not None:  # the worker died before publishing it: publish it for the other replicas
-                with contextlib.suppress(redis.RedisError):
-                    self.queue.publish_serving(pointer)
+            self.runner.publish(pointer)  # the worker died before publishing it: for the other replicas
             return
         job.update(status="failed", error=how + (f"; last log line: {tail}" if tail else ""),
                    interrupted=interrupted, finished_at=now())
 
-    def _log_tail(self, job: dict[str, Any]) -> str:
+    def log_tail(self, job: dict[str, Any]) -> str:
         path = self.model_dir / str(job.get("log") or "")
         try:
             with open(path, "rb") as fh:
@@ -339,7 +256,7 @@ class FitManager:
                     if time.time() - tmp.stat().st_mtime > STALE_TMP_S:  # a young one may be another process's
                         tmp.unlink()
                         log.info("removed %s, left by an interrupted write", tmp)
-        self._check_orphans()
+        self.check_orphans()
         state = self.state.read()
         if any(j["status"] in ("queued", "running") for j in state["jobs"]) or not state["jobs"]:
             return
@@ -354,44 +271,6 @@ class FitManager:
                                retry_of=last["id"], attempt=attempt + 1)
             log.info("fit job %s restarts interrupted job %s", job["id"], last["id"])
 
-    def _sync_queue(self) -> None:
-        """With ``REDIS_URL``: get the queued job into RQ, and fail it when RQ ended it without running it.
-
-        Looks at most every :data:`REDIS_POLL_S` (at once after a trigger). Decisions are taken under the state lock
-        with the job re-read, so replicas never enqueue one job twice and a job that started meanwhile is left alone.
-        """
-        assert self.queue is not None
-        t = time.monotonic()
-        if t < self._queue_check_at:
-            return
-        self._queue_check_at = t + REDIS_POLL_S
-        queued = next((j for j in self.state.read()["jobs"] if j["status"] == "queued"), None)
-        if queued is None:
-            return
-        status, detail = (None, "")
-        if queued.get("rq_job"):
-            status, detail = self.queue.job_status(queued["rq_job"])
-            if status in WAITING:  # waiting for a worker, or a work horse waiting for the job lock
-                return
-        with self.state.edit() as state:
-            job = self.state.job(state, queued["id"])
-            if job is None or job["status"] != "queued" or job.get("rq_job") != queued.get("rq_job"):
-                return  # started, finished or enqueued by another replica meanwhile
-            if status is None:  # never enqueued, or Redis lost it (restarted without persistence)
-                again = bool(job.get("rq_job"))
-                job.update(rq_job=self.queue.enqueue(job["id"], self.base_version), queue=self.queue.name)
-                log.info("fit job %s %s RQ queue %r as %s", job["id"], "enqueued again in" if again else "sent to",
-                         self.queue.name, job["rq_job"])
-                return
-            if status == JobStatus.FINISHED:  # run_queued skipped it: e.g. the worker has another MODEL_DIR
-                job.update(status="failed", finished_at=now(),
-                           error=f"the fit worker finished RQ job {job['rq_job']} without running the job (does it "
-                                 f"share this app's MODEL_DIR?)" + (f": {detail}" if detail else ""))
-                return
-            job.update(status="failed", finished_at=now(), interrupted=True,
-                       error=f"the fit worker ended RQ job {job['rq_job']} as {status.value} before it started the "
-                             f"job (its work horse died?)" + (f": {detail}" if detail else ""))
-
     def _maybe_swap(self) -> None:
         """Install the pointer's version in the worker when it changed (a job of any process promoted one).
 
@@ -401,7 +280,7 @@ class FitManager:
         worker = self.worker
         if worker is None or not worker.ready or self.base_version is None:
             return
-        if self.queue is not None and self._follow_published():
+        if self.runner.follow_published():
             return
         try:
             mtime = (self.model_dir / POINTER).stat().st_mtime
@@ -409,50 +288,10 @@ class FitManager:
             return
         if mtime == self._pointer_mtime:
             return
-        if self._install_pointer("swapped in without restart"):
+        if self.install_pointer("swapped in without restart"):
             self._pointer_mtime = mtime
 
-    def _follow_published(self) -> bool:
-        """Poll the serving version published in Redis; on a change install the pointer's version.
-
-        Returns False when Redis is unreachable or nothing is published (the caller watches the pointer file).
-        The pointer file stays the truth: the published record only says when to read it, so a stale record can
-        never take a replica back to an older version.
-        """
-        assert self.queue is not None
-        t = time.monotonic()
-        if t < self._published_at:
-            return self._published_ok
-        self._published_at = t + REDIS_POLL_S
-        try:
-            record = self.queue.read_serving()
-            if record is None:  # first start, or Redis restarted empty
-                self._publish_if_absent()
-        except redis.RedisError:  # FitQueue logged the outage; keep serving, follow the pointer file meanwhile
-            record = None
-        if record is None:
-            if self._published_ok:
-                log.info("no serving version from Redis: following %s", POINTER)
-            self._published_ok = False
-            return False
-        if not self._published_ok:
-            log.info("following the serving version published in Redis")
-            self._published_ok = True
-        if record != self._published_seen and self._install_pointer("published in Redis; swapped in without restart"):
-            self._published_seen = record
-        return True
-
-    def _publish_if_absent(self) -> None:
-        """Fill an empty serving-version key (first start, Redis restarted empty) from the pointer file, or with the
-        base version when nothing was promoted, so promotions are then noticed through Redis. Never overwrites.
-        Raises :class:`redis.RedisError`."""
-        assert self.queue is not None
-        pointer = read_pointer(self.model_dir)
-        if pointer is None or pointer.get("base") != self.base_version:
-            pointer = {"serving": self.base_version, "checkpoint": None, "base": self.base_version}
-        self.queue.publish_serving(pointer, only_if_absent=True)
-
-    def _install_pointer(self, how: str) -> bool:
+    def install_pointer(self, how: str) -> bool:
         """Swap the pointer's version into the inference worker if it is new; False to try again later."""
         worker = self.worker
         pointer = read_pointer(self.model_dir)

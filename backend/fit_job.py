@@ -52,8 +52,8 @@ from model.metrics import noc
 from model.train_data import TrainImage
 from model.validation import click_curves, summarize
 
-from .fit import SETTINGS_ENV
 from .fit_gate import Rejected, choose_samples, decide
+from .fit_runners import SETTINGS_ENV
 from .fit_state import FIT_DIR, JOB_LOCK, REJECTED, FitState, describe, now, try_lock
 from .images import ImageError, image_loader
 from .settings import Settings, predictor_options, settings_from_json
@@ -76,8 +76,8 @@ PROGRESS_EVERY_S = 0.5
 def recipe(settings: Settings) -> FineTuneConfig:
     """The fine-tuning recipe of the ``FIT_*`` settings (the rest are :class:`model.finetune.FineTuneConfig`'s)."""
     return FineTuneConfig(steps=settings.fit_steps, lr=settings.fit_lr, batch_size=max(1, settings.fit_batch_size),
-                          crop=settings.fit_crop, parts=settings.fit_parts, freeze_bn=settings.fit_freeze_bn,
-                          ema=settings.fit_ema)
+                          crop=settings.fit_crop, image_side=settings.fit_image_side, parts=settings.fit_parts,
+                          freeze_bn=settings.fit_freeze_bn, ema=settings.fit_ema)
 
 
 class FitJob:
@@ -130,10 +130,10 @@ class FitJob:
 
     def training_images(self, samples: list[tuple[SampleRow, np.ndarray, np.ndarray]],
                         skipped: list[str]) -> list[TrainImage]:
-        """Images scaled to at most ``FIT_CROP`` px on the long side (:func:`model.finetune.training_image`)."""
+        """Images scaled to at most ``FIT_IMAGE_SIDE`` px on the long side (:func:`model.finetune.training_image`)."""
         out = []
         for row, rgb, mask in samples:
-            image = training_image(rgb, mask, f"task{row.task_id}", self.s.fit_crop)
+            image = training_image(rgb, mask, f"task{row.task_id}", self.s.fit_image_side)
             area = int((image.labels > 0).sum())
             if area < min_object_pixels():
                 skipped.append(f"sample {row.id}: object too small to train on ({area} px at "

@@ -131,6 +131,7 @@ class Settings:
     fit_batch_size: int = _env(_RECIPE.batch_size, "FIT_BATCH_SIZE")
     fit_lr: float = _env(_RECIPE.lr, "FIT_LR")
     fit_crop: int = _env(_RECIPE.crop, "FIT_CROP")
+    fit_image_side: int = _env(_RECIPE.image_side, "FIT_IMAGE_SIDE")
     fit_parts: str = _env(_RECIPE.parts, "FIT_PARTS")
     fit_freeze_bn: bool = _env(_RECIPE.freeze_bn, "FIT_FREEZE_BN")
     fit_ema: float = _env(_RECIPE.ema, "FIT_EMA")

@@ -52,8 +52,7 @@ from backend.rle import encode_mask
 from backend.settings import Settings, predictor_options
 from backend.versions import read_pointer
 from model import FCFIPredictor, default_checkpoint_path, load_checkpoint
-from model.evaluate import evaluate_sample
-from model.metrics import noc
+from model.validation import click_curves, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = {"davis": ("DAVIS", "img", "gt"), "horse": ("WeizmannHorse", "images", "masks")}
@@ -204,14 +203,12 @@ def wait_job(url: str, job_id: int, timeout: float) -> dict[str, Any]:
 
 def evaluate(checkpoint: Path, samples: list[tuple[np.ndarray, np.ndarray]], settings: Settings,
              n_clicks: int) -> dict[str, Any]:
-    """NoC@85/90 and mIoU of a checkpoint with the serving predictor options (the evaluation protocol)."""
+    """NoC@85/90, NoF@90, IoU@1 and mIoU of a checkpoint with the serving predictor options (all clicks run)."""
     t0 = time.perf_counter()
     predictor = FCFIPredictor(load_checkpoint(checkpoint), **predictor_options(settings))
-    curves = [evaluate_sample(predictor, rgb, gt.astype(np.int8), n_clicks)["ious"] for rgb, gt in samples]
-    return {"noc85": round(float(np.mean([noc(c, 0.85, n_clicks) for c in curves])), 3),
-            "noc90": round(float(np.mean([noc(c, 0.90, n_clicks) for c in curves])), 3),
-            "miou": round(float(np.mean([np.mean(c) for c in curves])), 4), "n": len(curves),
-            "seconds": round(time.perf_counter() - t0, 1)}
+    curves = click_curves(predictor, [(rgb, gt.astype(np.int8)) for rgb, gt in samples], n_clicks)
+    figures = {k: round(v, 4) for k, v in summarize(curves, n_clicks).items()}
+    return {**figures, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def evaluate_cached(checkpoint: Path, names: list[str], samples: list[tuple[np.ndarray, np.ndarray]],
@@ -240,9 +237,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--heldout", type=int, default=30, help="held-out frames evaluated before and after")
     ap.add_argument("--split", choices=["sequence", "frame"], default="sequence",
                     help="hold out whole (approximate) shots, or single frames")
-    ap.add_argument("--steps", type=int, default=60, help="FIT_STEPS")
-    ap.add_argument("--batch-size", type=int, default=4, help="FIT_BATCH_SIZE")
+    ap.add_argument("--steps", type=int, default=None, help="FIT_STEPS (default: the backend's)")
+    ap.add_argument("--batch-size", type=int, default=None, help="FIT_BATCH_SIZE (default: the backend's)")
     ap.add_argument("--lr", type=float, default=None, help="FIT_LR (default: the backend's)")
+    ap.add_argument("--fit-env", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="more settings of the backend, e.g. FIT_MIN_HELDOUT=5")
     ap.add_argument("--eval-clicks", type=int, default=20, help="clicks per held-out frame, here and in the job")
     ap.add_argument("--fit-threads", type=int, default=1, help="FIT_THREADS of the job")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the held-out evaluation here")
@@ -252,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint_path()
     if not checkpoint.is_file():
         ap.error(f"no checkpoint at {checkpoint}: the default weights are not shipped yet, pass --checkpoint PATH")
-    if args.n < 1 or args.heldout < 1 or args.steps < 0 or args.eval_clicks < 1:
+    if args.n < 1 or args.heldout < 1 or (args.steps or 0) < 0 or args.eval_clicks < 1:
         ap.error("--n, --heldout and --eval-clicks must be >= 1 and --steps >= 0")
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -276,11 +275,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, MODEL_DIR=str(model_dir), CHECKPOINT=str(checkpoint.resolve()), ALLOW_PRIVATE_URLS="true",
-               FIT_EVERY_N_SAMPLES="0", FIT_STEPS=str(args.steps), FIT_BATCH_SIZE=str(args.batch_size),
-               FIT_EVAL_CLICKS=str(args.eval_clicks), FIT_THREADS=str(args.fit_threads),
+               FIT_EVERY_N_SAMPLES="0", FIT_EVAL_CLICKS=str(args.eval_clicks), FIT_THREADS=str(args.fit_threads),
                TORCH_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
-    if args.lr is not None:
-        env["FIT_LR"] = str(args.lr)
+    for name, value in (("FIT_STEPS", args.steps), ("FIT_BATCH_SIZE", args.batch_size), ("FIT_LR", args.lr)):
+        if value is not None:
+            env[name] = str(value)
+    for item in args.fit_env:
+        name, _, value = item.partition("=")
+        env[name] = value
     settings = Settings.from_env()  # this process's predictor options = the backend's (same environment)
     proc = start_backend(env, port, work / "backend.log")
     try:
@@ -302,7 +304,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         r = requests.post(url + "/webhook", json={"action": "START_TRAINING", "project": {"id": PROJECT}}, timeout=30)
         hook_ms.append((time.perf_counter() - t0) * 1000)
-        r.raise_for_status()
+        if r.status_code not in (200, 422):  # 422: refused at once (the gate is still collecting samples)
+            r.raise_for_status()
         job = wait_job(url, r.json()["job"]["id"], args.timeout)
         deadline = time.monotonic() + 60  # a promoted version is swapped in between requests, shortly after
         while True:
@@ -315,14 +318,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         after_path = model_dir / pointer["checkpoint"] if pointer else checkpoint
         result: dict[str, Any] = {
             "domain": DOMAINS[args.domain][0], "split": args.split, "n": args.n, "heldout": len(held),
-            "steps": args.steps, "batch_size": args.batch_size, "eval_clicks": args.eval_clicks,
-            "checkpoint": str(checkpoint),
+            "eval_clicks": args.eval_clicks, "checkpoint": str(checkpoint),
+            "fit_env": {k: env[k] for k in sorted(env) if k.startswith("FIT_")},
             "job": {k: job.get(k) for k in ("id", "status", "reason", "error", "version", "wall_s", "timings",
-                                            "samples", "before", "after")},
+                                            "samples", "before", "after", "loss")},
+            "gate": requests.get(url + "/fit", timeout=10).json()["gate"],
             "serving_after": serving,
             "heldout_before": before,
             "heldout_after": evaluate(after_path, held_samples, settings, args.eval_clicks),
-            "webhook_ms": {"median": round(statistics.median(hook_ms), 1), "max": round(max(hook_ms), 1)},
+            "webhook_ms": {"median": round(statistics.median(hook_ms), 1),
+                           "p95": round(float(np.percentile(hook_ms, 95)), 1), "max": round(max(hook_ms), 1)},
         }
         if job["status"] == "rejected" and job.get("candidate"):
             result["heldout_candidate"] = evaluate(model_dir / job["candidate"], held_samples, settings,

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--lr", type=float, default=base.lr)
     ap.add_argument("--batch-size", type=int, default=base.batch_size)
     ap.add_argument("--crop", type=int, default=base.crop)
+    ap.add_argument("--image-side", type=int, default=base.image_side)
     ap.add_argument("--parts", choices=PARTS, default=base.parts)
     ap.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=base.freeze_bn)
     ap.add_argument("--ema", type=float, default=base.ema)
@@ -108,11 +109,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tag = json.dumps([frames[i][0] for i in held])
     before = score_cached(checkpoint, tag, held_samples, args.eval_clicks)
 
-    cfg = FineTuneConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, crop=args.crop, parts=args.parts,
-                         freeze_bn=args.freeze_bn, ema=args.ema, replay_weight=args.replay_weight if args.replay else 0,
+    cfg = FineTuneConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, crop=args.crop,
+                         image_side=args.image_side, parts=args.parts, freeze_bn=args.freeze_bn, ema=args.ema,
+                         replay_weight=args.replay_weight if args.replay else 0,
                          step=StepConfig(first_click_prob=args.first_click_prob,
                                          max_next_clicks=args.max_next_clicks))
-    images = [training_image(*sample(i), name=frames[i][0], max_side=cfg.crop) for i in pool[: args.n]]
+    images = [training_image(*sample(i), name=frames[i][0], max_side=cfg.image_side) for i in pool[: args.n]]
     replay = replay_images(root, args.replay) if args.replay else None
     net = load_checkpoint(checkpoint)
     trained = fine_tune(net, images, cfg, seed=args.seed, replay=replay)

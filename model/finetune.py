@@ -3,9 +3,9 @@
 The same step as ``model.train`` (:func:`model.train_step.train_step`: iterative click simulation, FCFI loss,
 Adam with a smaller backbone rate, gradient clipping), adapted to tens of images and minutes of one CPU thread:
 
-* the images are scaled so their long side is at most ``crop`` px, and samples are scale-matched views that
-  hold the whole object (as the evaluation's first click and Zoom-In show it) or native-scale crops of
-  ``crop`` x ``crop``;
+* the images are scaled so their long side is at most ``image_side`` px (the predictor's first-click scale,
+  ``MAX_SIZE``), and samples are ``crop`` x ``crop`` scale-matched views that hold the whole object (as the
+  evaluation's first click and Zoom-In show it) or native-scale crops;
 * ``parts="head"`` trains everything but the ImageNet backbone (``"all"``: everything);
 * BatchNorm statistics stay those of the trained network (``freeze_bn``): batches of a few crops from a
   handful of images would give noisy ones;
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .ema import WeightEMA
+from .predictor import MAX_SIZE
 from .train_data import AugmentConfig, SampleMaker, TrainImage
 from .train_step import StepConfig, freeze_batchnorm, lr_at, make_batch, param_groups, train_step
 
@@ -47,7 +48,8 @@ class FineTuneConfig:
         steps: optimizer steps.
         lr: peak learning rate of the head (the backbone's is ``step.backbone_lr_mult`` times it).
         batch_size: crops per step.
-        crop: side of the square crops and the longest image side, px.
+        crop: side of the square crops, px.
+        image_side: longest image side the annotated images are scaled to, px.
         parts: ``"all"`` or ``"head"`` (backbone frozen).
         freeze_bn: keep the network's BatchNorm statistics.
         ema: EMA decay of the weights (0: return the last weights).
@@ -60,6 +62,7 @@ class FineTuneConfig:
     lr: float = 5e-4
     batch_size: int = 4
     crop: int = 320
+    image_side: int = MAX_SIZE
     parts: str = "all"
     freeze_bn: bool = True
     ema: float = 0.0
@@ -91,7 +94,8 @@ def min_object_pixels() -> int:
 def fine_tune(net: nn.Module, images: list[TrainImage], cfg: FineTuneConfig, seed: int,
               replay: list[TrainImage] | None = None,
               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Fine-tune ``net`` in place with ``cfg`` on ``images`` (from :func:`training_image`); leaves it in eval mode
+    """Fine-tune ``net`` in place with ``cfg`` on ``images`` (from :func:`training_image` with ``cfg.image_side``);
+    leaves it in eval mode
     without gradients, holding the EMA weights when ``cfg.ema`` > 0.
 
     Args:
