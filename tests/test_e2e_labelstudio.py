@@ -423,3 +423,123 @@ def test_opening_a_task_stores_no_prediction(stack: Stack) -> None:
         assert r.ok, r.text
         assert r.json() == [], f"Label Studio stored predictions on task open: {r.json()}"
         assert not stack.api("GET", f"/api/tasks/{stack.ids['task']}").json().get("predictions")
+
+
+# ------------------------------------------------------------------------------ the real browser
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+# As root in a container, with the machine's closed network: no sandbox, no background connections.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 900}
+SHOTS = os.environ.get("SCREENSHOT_DIR")  # set by scripts/screenshots.sh: the README's pictures are written there
+
+
+def mask_of(response: Any) -> np.ndarray:
+    """The brush mask of an ``interactive-annotating`` answer the browser received."""
+    body = response.json()
+    assert "errors" not in body, body
+    region = body["data"]["result"][0]
+    return decode_rle(region["value"]["rle"], H, W) > 0
+
+
+def test_a_click_in_the_real_labeling_screen_gives_the_object_mask(stack: Stack, tmp_path: Path) -> None:
+    """Headless Chromium (Debian's package) driven by Playwright through the real Label Studio 1.23.2 screen."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install chromium; .ci/run does) "
+                    "to run the real-browser test")
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
+    t0 = time.monotonic()
+    with logs_on_failure(stack):
+        png, obj = scene()  # two tasks of their own: the other tests annotate the first one
+        for name in ("browser-1.png", "browser-2.png"):
+            r = stack.api("POST", f"/api/projects/{stack.ids['project']}/import",
+                          files={"file": (name, png, "image/png")})
+            assert r.status_code == 201, r.text
+        tasks = stack.api("GET", "/api/tasks", params={"project": stack.ids["project"]}).json()
+        task_ids = sorted(t["id"] for t in (tasks["tasks"] if isinstance(tasks, dict) else tasks))[-2:]
+        shots = Path(SHOTS) if SHOTS else None
+        if shots:
+            shots.mkdir(parents=True, exist_ok=True)
+        with playwright.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport=VIEWPORT)
+            try:
+                drive_labeling_screen(stack, page, task_ids, obj, shots)
+            except BaseException:
+                page.screenshot(path=str(tmp_path / "failure.png"))
+                print(f"the screen at the failure: {tmp_path / 'failure.png'}")
+                raise
+            finally:
+                browser.close()
+        print(f"real-browser test: {time.monotonic() - t0:.1f} s")
+
+
+def drive_labeling_screen(stack: Stack, page: Any, tasks: list[int], obj: np.ndarray, shots: Path | None) -> None:
+    """Log in; on the first task turn on the smart tool, click, accept, submit and check the stored mask; on the
+    second a positive click and an Alt+click."""
+    page.goto(stack.ls_url + "/user/login")
+    page.fill("input[name=email]", USER)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_load_state("networkidle")
+    stage = open_task(stack, page, tasks[0])
+    # One-time user settings the README asks for: the label stays selected between clicks.
+    page.locator("[aria-label=Settings]").click()
+    page.get_by_text("Keep label selected after creating a region").click()
+    page.keyboard.press("Escape")
+    page.get_by_text("Auto-Annotation", exact=True).click()  # the bottom bar's switch
+    labels = page.locator(".lsf-label:visible")
+    assert labels.count() == 2, "one label row: the brush labels are hidden"
+    pick_smart_tool(page)
+    box = stage.bounding_box()
+    sx, sy = box["width"] / W, box["height"] / H
+
+    def click(x: float, y: float, alt: bool = False) -> np.ndarray:
+        with page.expect_response(lambda r: "interactive-annotating" in r.url, timeout=60_000) as resp:
+            if alt:
+                page.keyboard.down("Alt")
+            page.mouse.click(box["x"] + x * sx, box["y"] + y * sy)
+            if alt:
+                page.keyboard.up("Alt")
+        page.wait_for_timeout(500)  # the mask is drawn after the answer arrives
+        return mask_of(resp.value)
+
+    first = click(POSITIVE[0] - 15, POSITIVE[1] - 15)
+    if shots:
+        page.screenshot(path=str(shots / "1-positive-click.png"))
+    assert iou(first, obj) > 0.8, f"IoU {iou(first, obj):.3f} after the first click"
+    page.get_by_test_id("bottombar-accept-suggestions-button").click()
+    with page.expect_response(lambda r: "/annotations" in r.url and r.request.method == "POST"):
+        page.locator("[aria-label='Submit current annotation']").click()
+    saved = stack.api("GET", f"/api/tasks/{tasks[0]}/annotations").json()
+    brushes = [x for a in saved for x in a["result"] if x["type"] == "brushlabels"]
+    assert len(brushes) == 1 and brushes[0]["value"]["brushlabels"] == ["Object"], saved
+    submitted = decode_rle(brushes[0]["value"]["rle"], H, W) > 0
+    assert iou(submitted, obj) > 0.8, f"IoU {iou(submitted, obj):.3f} of the submitted mask"
+
+    # The next task: a positive click, then an Alt+click inside the object removes a part of the mask.
+    stage = open_task(stack, page, tasks[1])
+    pick_smart_tool(page)
+    box = stage.bounding_box()
+    before = click(POSITIVE[0] - 15, POSITIVE[1] + 15)
+    after = click(POSITIVE[0] + 70, POSITIVE[1], alt=True)
+    if shots:
+        page.screenshot(path=str(shots / "2-alt-click.png"))
+    assert after.sum() < 0.95 * before.sum() and not after[POSITIVE[1], POSITIVE[0] + 70], \
+        (before.sum(), after.sum())
+    print(f"first-click IoU {iou(first, obj):.3f}, submitted {iou(submitted, obj):.3f}; Alt+click "
+          f"{before.sum()} -> {after.sum()} px")
+
+
+def open_task(stack: Stack, page: Any, task: int) -> Any:
+    """Open ``task`` in the labeling screen; returns the image layer (its canvas)."""
+    page.goto(f"{stack.ls_url}/projects/{stack.ids['project']}/data?task={task}")
+    stage = page.locator("canvas").nth(1)  # the image layer (the first canvas is the whole stage)
+    stage.wait_for(timeout=60_000)
+    return stage
+
+
+def pick_smart_tool(page: Any) -> None:
+    """Auto-Detect (the smart keypoint, the only keypoint tool of our configuration) and the label Object."""
+    page.locator(".lsf-tool_smart").click()
+    page.locator(".lsf-label:visible").filter(has_text="Object").first.click()
