@@ -34,12 +34,16 @@
 | ``MODEL_VERSION`` | from the checkpoint | version string reported to Label Studio |
 | ``LOG_LEVEL`` | ``INFO`` | logging level |
 | ``FIT_EVERY_N_SAMPLES`` | ``25`` | fine-tune after this many new stored samples; ``0``: only on ``START_TRAINING`` |
-| ``FIT_STEPS`` / ``FIT_BATCH_SIZE`` | ``60`` / ``4`` | optimizer steps and crops per step of one job |
-| ``FIT_LR`` | ``0.0002`` | Adam learning rate of the decoder/FCFI layers (backbone: x0.1) |
-| ``FIT_CROP`` | ``320`` | training images are scaled to this long side and cropped to this square (px) |
+| ``FIT_STEPS`` / ``FIT_BATCH_SIZE`` | ``150`` / ``4`` | optimizer steps and crops per step of one job |
+| ``FIT_LR`` | ``0.001`` | peak Adam learning rate of the decoder/FCFI layers (backbone: x0.1), cosine decay |
+| ``FIT_PARTS`` | ``head`` | ``head``: the ImageNet backbone stays as it is; ``all``: it trains too |
+| ``FIT_CROP`` / ``FIT_IMAGE_SIDE`` | ``320`` / ``320`` | training crop side; long image side (px) |
 | ``FIT_FREEZE_BN`` | ``true`` | keep BatchNorm statistics of the serving model while fine-tuning (small batches) |
+| ``FIT_EMA`` | ``0`` | EMA decay of the fine-tuned weights (``0``: the last weights) |
 | ``FIT_EVAL_CLICKS`` | ``20`` | simulated clicks per held-out sample in the before/after NoC evaluation |
-| ``FIT_MAX_VAL_SAMPLES`` / ``FIT_MAX_TRAIN_SAMPLES`` | ``20`` / ``500`` | newest samples a job evaluates / trains on |
+| ``FIT_MIN_HELDOUT`` / ``FIT_MIN_TRAIN`` | ``10`` / ``10`` | samples the gate needs before a job may run |
+| ``FIT_GATE`` / ``FIT_GATE_ALPHA`` | ``paired`` / ``0.05`` | promotion rule (``backend/fit_gate.py``) |
+| ``FIT_MAX_VAL_SAMPLES`` / ``FIT_MAX_TRAIN_SAMPLES`` | ``30`` / ``500`` | newest samples a job evaluates / trains on |
 | ``FIT_THREADS`` | ``1`` | torch CPU threads of the job process |
 | ``FIT_NICE`` | ``10`` | niceness added to the job process, so serving keeps priority |
 | ``FIT_DEVICE`` | ``DEVICE`` | device of the job process |
@@ -140,7 +144,7 @@ class Settings:
     fit_min_train: int = _env(10, "FIT_MIN_TRAIN")
     fit_gate: str = _env("paired", "FIT_GATE")
     fit_gate_alpha: float = _env(0.05, "FIT_GATE_ALPHA")
-    fit_max_val_samples: int = _env(20, "FIT_MAX_VAL_SAMPLES")
+    fit_max_val_samples: int = _env(30, "FIT_MAX_VAL_SAMPLES")
     fit_max_train_samples: int = _env(500, "FIT_MAX_TRAIN_SAMPLES")
     fit_threads: int = _env(1, "FIT_THREADS")
     fit_nice: int = _env(10, "FIT_NICE")

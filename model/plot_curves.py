@@ -73,10 +73,17 @@ def plot_miou_curves(results: Sequence[dict[str, Any]], out_path: str | os.PathL
         ax.legend(fontsize=8, loc="lower right")
     if title:
         fig.suptitle(title)
+    return save_figure(fig, out_path, 120)
+
+
+def save_figure(fig: Any, out_path: str | os.PathLike, dpi: int) -> Path:
+    """Lay out ``fig``, write it as a PNG (creating the folder) and close it; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out
 

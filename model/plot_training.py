@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .plot_curves import save_figure
+
 
 def read_log(path: str | os.PathLike) -> tuple[dict[int, dict[str, Any]], dict[int, float]]:
     """(validation figures by step, loss by step) of one ``log.jsonl``."""
@@ -63,12 +65,7 @@ def plot_training(logs: Sequence[str | os.PathLike], out_path: str | os.PathLike
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_path, 110)
 
 
 def main(argv: list[str] | None = None) -> None:
