@@ -129,14 +129,14 @@ def describe(job: dict[str, Any]) -> str:
     progress = job.get("progress") or {}
     if job["status"] == "running" and progress:
         text += f" ({progress.get('phase')} {progress.get('step', 0)}/{progress.get('total', 0)})"
-    if job.get("before") and job.get("after"):
+    if job.get("reason") and job["status"] in FINISHED:  # the gate's reason names the figures it decided on
+        text += f": {job['reason']}"
+    elif job.get("before") and job.get("after"):
         b, a = job["before"], job["after"]
         text += (f": NoC@85 {b['noc85']:.2f} -> {a['noc85']:.2f}, NoC@90 {b['noc90']:.2f} -> {a['noc90']:.2f} "
                  f"on {b['n']} held-out samples")
     if job.get("version"):
         text += f"; now serving {job['version']}"
-    if job.get("reason") and job["status"] in FINISHED:
-        text += f" ({job['reason']})"
     if job.get("error"):
         text += f": {job['error']}"
     return text

@@ -21,7 +21,8 @@ What it does, end to end as in production:
    on the same held-out frames.
 
 Prints one JSON line. A smoke test: ``python -m benchmarks.adapt --checkpoint X --n 4 --steps 2 --heldout 3
---eval-clicks 3``. The real run: ``python -m benchmarks.adapt --checkpoint X --n 10`` (and 25, 50).
+--eval-clicks 3 --fit-env FIT_MIN_HELDOUT=1 FIT_MIN_TRAIN=1`` (the gate's minimums lowered). The real run:
+``python -m benchmarks.adapt --checkpoint X --n 10`` (and 25, 50).
 """
 
 from __future__ import annotations
