@@ -9,7 +9,8 @@ versions; a runner adds what differs between the two ways of running a job:
   lost it), fails it when RQ ended it without running it, publishes the pointer for the other replicas, and follows
   the serving version published in Redis.
 
-Both call :meth:`tick` from the manager's watcher thread only.
+The manager calls ``tick`` from its watcher thread only; ``woken`` (a trigger) comes from a request thread and only
+resets a poll time.
 """
 
 from __future__ import annotations
