@@ -386,8 +386,8 @@ def test_the_webhook_never_touches_the_image_source(checkpoint, tmp_path) -> Non
         times = []
         for task in TRAIN_TASKS + VAL_TASKS:
             _, disk = scene(task)
-            for url in (image_path(task), f"{ls_url}/img/{task}.png"):  # a Label Studio upload and a plain URL
-                body = annotation_body([brush_result(disk, "Object", f"r{task}")], annotation_id=hash(url) % 10**6,
+            for k, url in enumerate((image_path(task), f"{ls_url}/img/{task}.png")):  # an upload and a plain URL
+                body = annotation_body([brush_result(disk, "Object", f"r{task}")], annotation_id=1000 + 2 * task + k,
                                        task_id=task, project_id=PROJECT, data={"image": url})
                 t0 = time.perf_counter()
                 r = server.post("/webhook", body)
