@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from .settings import GATES
 from .training_store import SampleRow
 
-GATES = ("paired", "always")
 RESAMPLES = 10_000
 RULE = ("promote only if the mean NoC@90 on the held-out samples falls and a one-sided paired bootstrap gives "
         "p <= FIT_GATE_ALPHA (NoC@85 decides when NoC@90 is unchanged on every sample)")
@@ -74,9 +74,11 @@ def select(rows: Sequence[SampleRow], min_heldout: int) -> Selection:
     return Selection(train, val, how)
 
 
-def readiness(rows: Sequence[SampleRow], min_heldout: int, min_train: int) -> dict[str, Any]:
-    """What the gate has and needs (``GET /fit``'s ``gate``): ``ready`` and, when not, ``waiting_for``."""
-    sel = select(rows, min_heldout)
+def readiness(rows: Sequence[SampleRow], min_heldout: int, min_train: int,
+              sel: Selection | None = None) -> dict[str, Any]:
+    """What the gate has and needs (``GET /fit``'s ``gate``): ``ready`` and, when not, ``waiting_for``.
+    ``sel``: :func:`select`'s answer for ``rows``, when the caller already has it."""
+    sel = sel if sel is not None else select(rows, min_heldout)
     out: dict[str, Any] = {"heldout": len(sel.val), "train": len(sel.train), "min_heldout": min_heldout,
                            "min_train": min_train, "ready": len(sel.val) >= min_heldout and len(sel.train) >= min_train}
     if not out["ready"]:
@@ -97,10 +99,10 @@ def choose_samples(rows: Sequence[SampleRow], min_heldout: int, min_train: int, 
     """
     if not rows:
         raise Rejected("no stored samples to train on")
-    ready = readiness(rows, min_heldout, min_train)
+    sel = select(rows, min_heldout)
+    ready = readiness(rows, min_heldout, min_train, sel)
     if not ready["ready"]:
         raise Rejected(ready["waiting_for"])
-    sel = select(rows, min_heldout)
     return Selection(sel.train[-max_train:], sel.val[-max_val:], sel.how)
 
 

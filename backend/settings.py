@@ -71,6 +71,7 @@ from typing import Any
 from model.finetune import PARTS, FineTuneConfig
 from model.predictor import MAX_SIZE, TARGET_SIZE
 
+GATES = ("paired", "always")  # FIT_GATE's values (backend.fit_gate applies them)
 _RECIPE = FineTuneConfig()  # the fit job's recipe defaults (model.finetune) are the FIT_* defaults
 
 
@@ -156,8 +157,8 @@ class Settings:
 
         if self.runtime not in RUNTIMES:
             raise ValueError(f"RUNTIME must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
-        if self.fit_gate not in ("paired", "always"):  # backend.fit_gate.GATES
-            raise ValueError(f"FIT_GATE must be paired or always, got {self.fit_gate!r}")
+        if self.fit_gate not in GATES:
+            raise ValueError(f"FIT_GATE must be one of {', '.join(GATES)}, got {self.fit_gate!r}")
         if self.fit_parts not in PARTS:
             raise ValueError(f"FIT_PARTS must be one of {', '.join(PARTS)}, got {self.fit_parts!r}")
         if self.label_studio_url is not None:
