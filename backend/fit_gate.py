@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from model.metrics import bootstrap_mean_changes
+
 from .settings import GATES
 from .training_store import SampleRow
 
@@ -110,12 +112,8 @@ def paired_bootstrap(before: Sequence[float], after: Sequence[float], seed: int 
                      resamples: int = RESAMPLES) -> tuple[float, float]:
     """``(mean change after - before, p)``: p is the share of paired bootstrap resamples whose mean change is >= 0,
     i.e. the one-sided chance that the candidate is not better (lower is better)."""
-    d = np.asarray(after, float) - np.asarray(before, float)
-    if d.size == 0:
-        raise ValueError("no paired samples")
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
-    return float(d.mean()), float((means >= 0).mean())
+    change, means = bootstrap_mean_changes(before, after, seed, resamples)
+    return change, float((means >= 0).mean())
 
 
 def decide(before: dict[str, Any], after: dict[str, Any], alpha: float, gate: str = "paired") -> tuple[bool, str]:

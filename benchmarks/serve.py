@@ -15,7 +15,11 @@ them), every session on its own image, so each first click decodes a new image. 
 * ``store_after_answer_ms``, ``non_network_share`` and ``rle_speedup`` (our brush-RLE encoder against
   ``label_studio_sdk.converter.brush.mask2rle`` on the last session's masks, byte-for-byte in the same run).
 
-Usage: python -m benchmarks.serve [--runtimes torch openvino] [--sessions 5] [--clicks 10] [--threads N]
+On a GPU: ``DEVICE=cuda python -m benchmarks.serve --runtimes torch`` (``--device`` defaults to the backend's
+``DEVICE`` setting; the exported runtimes are CPU-only). Where ``label-studio-sdk`` is not installed (the GPU
+machine), ``rle`` says so instead of comparing.
+
+Usage: python -m benchmarks.serve [--runtimes torch openvino] [--sessions 5] [--clicks 10] [--threads N] [--device D]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import requests
@@ -64,11 +69,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_runtime(runtime: str, checkpoint: str, ls_url: str, images: list[tuple[str, np.ndarray]], clicks: int,
-                threads: int, open_delay: float) -> tuple[dict, list[np.ndarray], float]:
+                threads: int, open_delay: float, device: str = "cpu") -> tuple[dict, list[np.ndarray], float]:
     """Serve with ``runtime`` and click every image's session; returns (summary, last session's masks,
     mean background store time per click in ms)."""
     settings = Settings(checkpoint=checkpoint, label_studio_url=ls_url, label_studio_api_key=TOKEN,
-                        torch_threads=threads, log_level="WARNING", runtime=runtime,
+                        torch_threads=threads, log_level="WARNING", runtime=runtime, device=device,
                         model_dir=Path(tempfile.mkdtemp(prefix="serve-bench-")))
     app = create_app(settings)
     http = make_server("127.0.0.1", 0, app, threaded=True)
@@ -138,6 +143,7 @@ def main() -> None:
     ap.add_argument("--open-delay", type=float, default=0.5, help="seconds between opening a task and its first click")
     ap.add_argument("--clicks", type=int, default=10)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--device", default=Settings.from_env().device, help="cpu or cuda (default: DEVICE)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -164,11 +170,28 @@ def main() -> None:
             images.append((path, obj))
         server = serve_files(files)
         results[runtime], masks, store_ms = run_runtime(runtime, checkpoint, f"http://127.0.0.1:{server.server_port}",
-                                                        images, args.clicks, args.threads, args.open_delay)
+                                                        images, args.clicks, args.threads, args.open_delay,
+                                                        args.device)
         server.shutdown()
 
-    from label_studio_sdk.converter import brush
+    ref = results[args.runtimes[0]]["click_ms"]["median"]
+    print(json.dumps({
+        "image": [H, W], "clicks": args.clicks, "sessions": args.sessions, "weights": weights, "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        "threads": args.threads, "cpu_count": os.cpu_count(), "torch": torch.__version__, "peak": peak,
+        "runtimes": results,
+        "speedup": {k: round(ref / v["click_ms"]["median"], 2) for k, v in results.items()},
+        "store_after_answer_ms": round(store_ms, 1),
+        "rle": compare_rle(masks),
+    }))
 
+
+def compare_rle(masks: list[np.ndarray]) -> dict[str, Any]:
+    """Our brush-RLE encoder against Label Studio's own, byte for byte and in time, on the same masks."""
+    try:
+        from label_studio_sdk.converter import brush
+    except ImportError:
+        return {"skipped": "label-studio-sdk is not installed"}
     ours_ms, sdk_ms, identical = [], [], True
     for m in masks:
         u8 = m.astype(np.uint8) * 255
@@ -179,18 +202,9 @@ def main() -> None:
         b = brush.mask2rle(u8)
         sdk_ms.append((time.perf_counter() - t0) * 1000)
         identical &= list(a) == list(b)
-
-    ref = results[args.runtimes[0]]["click_ms"]["median"]
-    print(json.dumps({
-        "image": [H, W], "clicks": args.clicks, "sessions": args.sessions, "weights": weights,
-        "threads": args.threads, "cpu_count": os.cpu_count(), "torch": torch.__version__, "peak": peak,
-        "runtimes": results,
-        "speedup": {k: round(ref / v["click_ms"]["median"], 2) for k, v in results.items()},
-        "store_after_answer_ms": round(store_ms, 1),
-        "rle": {"ours_ms": round(statistics.median(ours_ms), 3), "sdk_ms": round(statistics.median(sdk_ms), 3),
-                "speedup": round(statistics.median(sdk_ms) / max(statistics.median(ours_ms), 1e-6), 1),
-                "identical": identical},
-    }))
+    return {"ours_ms": round(statistics.median(ours_ms), 3), "sdk_ms": round(statistics.median(sdk_ms), 3),
+            "speedup": round(statistics.median(sdk_ms) / max(statistics.median(ours_ms), 1e-6), 1),
+            "identical": identical}
 
 
 if __name__ == "__main__":

@@ -164,3 +164,19 @@ def summarize(ious_per_sample: Sequence[Sequence[float]], max_clicks: int = MAX_
             out[f"nof{key}_strict"] = nof_strict(ious_per_sample, thr, max_clicks)
     out["miou"] = miou_curve(ious_per_sample)
     return out
+
+
+def bootstrap_mean_changes(before: Sequence[float], after: Sequence[float], seed: int = 0,
+                           resamples: int = 10_000) -> tuple[float, np.ndarray]:
+    """Paired bootstrap of the mean change ``after - before`` over samples scored by both.
+
+    Returns:
+        the observed mean change and the ``resamples`` resampled mean changes (samples drawn with replacement,
+        pairs kept together; a fixed ``seed``, so the figures repeat).
+    """
+    d = np.asarray(after, float) - np.asarray(before, float)
+    if d.size == 0:
+        raise ValueError("no paired samples")
+    rng = np.random.default_rng(seed)
+    return float(d.mean()), d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
+

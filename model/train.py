@@ -19,6 +19,8 @@ The FCFI recipe (paper Sec. 3.4 and 4.1) at CPU scale:
   validation, the snapshots and ``final.pth`` use;
 * validation on a fixed split of whole objects from every training set (``--val-samples``), NoC with Zoom-In;
 * before training, no training image may match a GrabCut, Berkeley or DAVIS image (:mod:`model.leak_guard`);
+* ``--workers N`` processes make the batches ahead (for a GPU; the same batches as the default background thread),
+  ``--device cuda``, ``--snapshot-every N`` saves the EMA as ``OUT/stepN.pth`` without validating;
 * resume from ``OUT/last.pth`` + ``OUT/train_state.pth`` (``--stop-at`` pauses a schedule on purpose); a
   progress bar; ``OUT/log.jsonl`` of losses, gradient norms and validation NoC; ``OUT/stepN.pth`` at every
   validation and ``OUT/best.pth`` by validation NoC@90; optional ``--clip-grad``; the command line and data
@@ -37,9 +39,11 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import torch
 from tqdm import tqdm
 
@@ -56,7 +60,7 @@ from .train_data import (
     present_sets,
     save_data_list,
 )
-from .train_step import StepConfig, lr_at, make_batch, param_groups, train_step
+from .train_step import Batch, StepConfig, lr_at, make_batch, param_groups, train_step
 from .validation import validate
 
 RECIPE = StepConfig()  # the step's defaults, which the command line shows and overrides
@@ -79,6 +83,52 @@ def crop_at(schedule: list[tuple[float, tuple[int, int]]], step: int, total: int
         if step >= start * total:
             crop = size
     return crop
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``i`` is the batch of step ``start + i``, drawn from ``(seed, step)`` by :func:`make_batch`, so worker
+    processes hand over exactly the batches the single-thread path makes."""
+
+    def __init__(self, maker: SampleMaker, seed: int, start: int, stop: int, batch_size: int,
+                 schedule: list[tuple[float, tuple[int, int]]], total: int) -> None:
+        self.maker, self.seed, self.start, self.stop = maker, seed, start, stop
+        self.batch_size, self.schedule, self.total = batch_size, schedule, total
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> Batch:
+        step = self.start + i
+        return make_batch(self.maker, self.seed, step, self.batch_size, crop_at(self.schedule, step, self.total))
+
+
+def _as_is(batch: Batch) -> Batch:
+    return batch  # the loader must not convert the click lists
+
+
+def _one_cv2_thread(_: int) -> None:
+    cv2.setNumThreads(1)  # the workers are the parallelism; OpenCV's own threads would oversubscribe the cores
+
+
+def iter_batches(batches: StepBatches, workers: int) -> Iterator[Batch]:
+    """The batches in step order: made one step ahead in a background thread (``workers`` 0), or by ``workers``
+    forked processes a few steps ahead. Call before the network touches a GPU: the workers fork here."""
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                                             collate_fn=_as_is, prefetch_factor=4, multiprocessing_context="fork",
+                                             worker_init_fn=_one_cv2_thread)
+        return iter(loader)
+
+    def threaded() -> Iterator[Batch]:
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(batches.__getitem__, 0) if len(batches) else None
+            for i in range(len(batches)):
+                batch = future.result()
+                if i + 1 < len(batches):
+                    future = pool.submit(batches.__getitem__, i + 1)
+                yield batch
+
+    return threaded()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--leak-check", action=argparse.BooleanOptionalAction, default=True,
                     help="refuse to train when a training image matches an evaluation image")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="processes that make batches ahead (0: one background thread; a GPU wants several)")
+    ap.add_argument("--snapshot-every", type=int, default=0,
+                    help="also save the shipped (EMA) weights as OUT/stepN.pth every N steps, without validating")
     return ap
 
 
@@ -156,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every step has the same crop size: let cuDNN pick its kernels once
 
     # The validation split is drawn from every training set present, whatever --datasets says, so runs
     # on different data are scored on the same objects.
@@ -175,6 +231,14 @@ def main(argv: list[str] | None = None) -> None:
     val_entries = index["val"][: args.val_samples] if args.val_samples else index["val"]
     schedule = parse_crop_schedule(args.crop)
 
+    # Where a resumed run picks up, before any network exists: the batch workers fork before the GPU is used.
+    resume = (out / "last.pth").exists() and (out / "train_state.pth").exists()
+    state = torch.load(out / "train_state.pth", map_location="cpu", weights_only=True) if resume else None
+    start = int(state["step"]) if state else 0
+    stop = min(args.steps, args.stop_at) if args.stop_at else args.steps
+    batches = iter_batches(StepBatches(maker, args.seed, start, stop, args.batch_size, schedule, args.steps),
+                           args.workers)
+
     if args.init:
         net = load_checkpoint(args.init)
         for p in net.parameters():
@@ -192,13 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.Adam(param_groups(net, args.lr, recipe.backbone_lr_mult), lr=args.lr)
     ema = WeightEMA(net, args.ema) if args.ema else None
 
-    start, best = 0, float("inf")
-    if (out / "last.pth").exists() and (out / "train_state.pth").exists():
+    best = float("inf")
+    if state is not None:
         payload = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
         load_state_strict(net, payload["state_dict"])
-        state = torch.load(out / "train_state.pth", map_location="cpu", weights_only=True)
         opt.load_state_dict(state["optimizer"])
-        start = int(state["step"])
         best = float(state.get("best_noc90", best))
         if ema is not None:
             if (out / "ema.pth").exists():
@@ -224,18 +286,10 @@ def main(argv: list[str] | None = None) -> None:
         os.replace(tmp, out / "train_state.pth")
 
     log = open(out / "log.jsonl", "a")
-    pool = ThreadPoolExecutor(1)  # prepares the next batch while this one trains
-    future = pool.submit(make_batch, maker, args.seed, start, args.batch_size,
-                         crop_at(schedule, start, args.steps))
-    stop = min(args.steps, args.stop_at) if args.stop_at else args.steps
     bar = tqdm(range(start, stop), initial=start, total=args.steps, desc="train", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30)
     t_last = time.time()
-    for step in bar:
-        images, masks, clicks = future.result()
-        if step + 1 < stop:
-            future = pool.submit(make_batch, maker, args.seed, step + 1, args.batch_size,
-                                 crop_at(schedule, step + 1, args.steps))
+    for step, (images, masks, clicks) in zip(bar, batches, strict=True):
         lr = lr_at(step, args.steps, args.lr, args.warmup, args.decay_at, args.schedule)
         record = train_step(net, opt, (images.to(device), masks.to(device), clicks), recipe, lr, args.seed, step, ema)
         bar.set_postfix(loss=f"{record['loss']:.3f}", crop="x".join(map(str, images.shape[-2:])), refresh=False)
@@ -257,11 +311,12 @@ def main(argv: list[str] | None = None) -> None:
             if figures["noc90"] < best:
                 best = figures["noc90"]
                 save_checkpoint(shipped, out / "best.pth", meta={**meta, "step": done, "val": figures})
+        elif args.snapshot_every and done % args.snapshot_every == 0:
+            save_checkpoint(shipped, out / f"step{done}.pth", meta={**meta, "step": done})
         if done % args.ckpt_every == 0 or done == stop:
             save(done)
             log.flush()
     log.close()
-    pool.shutdown()
     if stop == args.steps:
         save_checkpoint(shipped, out / "final.pth", meta={**meta, "step": args.steps})
 

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from .datasets import IMAGE_EXTS
 from .sampling import sample_initial_clicks
 
 EVAL_ONLY = {"grabcut", "berkeley", "davis"}
@@ -53,7 +54,7 @@ TRAIN_SETS: dict[str, TrainSet] = {
     "BSDS_regions": TrainSet("images", "labels", "regions", 0.10),
     "CCP_subset": TrainSet("images", "labels", "clothing", 0.10),
 }
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp"}
+
 
 
 @dataclass

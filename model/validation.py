@@ -4,7 +4,8 @@ The split (:func:`model.train_data.build_index`): 7% of each training set's imag
 object each (at least 1% of the image, touching at most two image sides), so every training set is represented
 and the split never changes. ``model.train`` validates on it; inference settings are chosen on it.
 
-``python -m model.validation --checkpoint default`` prints the figures of a checkpoint as one JSON line.
+``python -m model.validation --checkpoint default`` prints the figures of a checkpoint as one JSON line;
+``--curves FILE`` also writes each object's IoU-per-click curve (for paired comparisons of two checkpoints).
 """
 
 from __future__ import annotations
@@ -62,11 +63,11 @@ def summarize(curves: list[list[float]], n_clicks: int) -> dict[str, Any]:
 
 
 def validate(net: nn.Module, root: Path, entries: list, device: torch.device, n_clicks: int = 20,
-             zoom_in: bool = True, **predictor_options: Any) -> dict[str, float]:
+             zoom_in: bool = True, curves_out: list | None = None, **predictor_options: Any) -> dict[str, float]:
     """NoC@85/90, NoF@90 and mean IoU after the first click on held-out objects, with the evaluation's
     clicker and Zoom-In (no flip unless ``predictor_options`` say so; they go to :class:`FCFIPredictor`, e.g.
     ``flip``, ``max_size``, ``target_size``, ``runtime``). A sample stops once it reaches 90% IoU, which fixes
-    both NoCs."""
+    both NoCs. ``curves_out``, when given, receives each object's IoU curve in ``entries`` order."""
     from .predictor import FCFIPredictor
 
     was_training = net.training
@@ -81,6 +82,8 @@ def validate(net: nn.Module, root: Path, entries: list, device: torch.device, n_
             yield img.rgb, gt
 
     curves = click_curves(predictor, samples(), n_clicks, stop_iou=0.90)
+    if curves_out is not None:
+        curves_out.extend(curves)
     net.train(was_training)
     figures = summarize(curves, n_clicks)
     figures.pop("miou")  # curves stop at 90%: their mean IoU is not the protocol's
@@ -100,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-size", type=int, default=None, help="longest unzoomed input side (predictor default)")
     ap.add_argument("--runtime", choices=RUNTIMES, default=None, help="inference runtime (default: eager)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--curves", type=Path, default=None, help="write the per-object IoU curves here (JSON)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     net = load_checkpoint(args.checkpoint)
@@ -107,7 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     options = {k: v for k, v in (("flip", args.flip), ("target_size", args.target_size),
                                  ("max_size", args.max_size), ("runtime", args.runtime)) if v is not None}
     t0 = time.perf_counter()
-    figures = validate(net, args.data_root, entries, torch.device("cpu"), zoom_in=not args.no_zoom_in, **options)
+    curves: list[list[float]] = []
+    figures = validate(net, args.data_root, entries, torch.device(args.device), zoom_in=not args.no_zoom_in,
+                       curves_out=curves, **options)
+    if args.curves is not None:
+        rows = [{"image": e.image, "object": list(e.objects[0]), "ious": c}
+                for e, c in zip(entries, curves, strict=True)]
+        args.curves.write_text(json.dumps({"checkpoint": args.checkpoint, "options": options, "samples": rows}))
     print(json.dumps({"checkpoint": args.checkpoint, "zoom_in": not args.no_zoom_in, **options, **figures,
                       "sec": round(time.perf_counter() - t0, 1)}))
 

@@ -1,11 +1,18 @@
-"""FCFIPredictor: shapes and ranges, replay == step by step, state round trip, Zoom-In, behaviour."""
+"""FCFIPredictor: shapes and ranges, replay == step by step, state round trip, Zoom-In, behaviour.
+
+They run on the backend's ``DEVICE`` (default cpu): ``DEVICE=cuda pytest tests/test_predictor.py`` checks the
+predictor on a GPU.
+"""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 
+from backend.settings import Settings
 from model import Click, FCFIPredictor, PredictorState, build_model
 from model.zoom_in import box_iou, expand_box, next_roi, object_roi
 
@@ -17,6 +24,7 @@ def scene(h: int = 150, w: int = 200) -> np.ndarray:
 
 
 CLICKS = [Click(100, 75, True), Click(20, 20, False), Click(140, 100, True), Click(70, 50, True)]
+DEVICE = Settings.from_env().device
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +33,14 @@ def random_net() -> torch.nn.Module:
     return build_model("lite0").eval()
 
 
+@pytest.fixture
+def small_net(tiny_net: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(tiny_net)  # the predictor moves its network to DEVICE; the shared one stays put
+
+
 @pytest.mark.parametrize("flip", [True, False])
 def test_output_is_image_sized_probabilities(random_net: torch.nn.Module, flip: bool) -> None:
-    pred = FCFIPredictor(random_net, flip=flip)
+    pred = FCFIPredictor(random_net, DEVICE, flip=flip)
     pred.set_image(scene(123, 171))
     probs, state = pred.predict([Click(50, 60, True)])
     assert probs.shape == (123, 171) and probs.dtype == np.float32
@@ -35,8 +48,8 @@ def test_output_is_image_sized_probabilities(random_net: torch.nn.Module, flip: 
     assert state.clicks == (Click(50, 60, True),)
 
 
-def test_replay_equals_step_by_step(tiny_net: torch.nn.Module) -> None:
-    pred = FCFIPredictor(tiny_net, target_size=160, min_crop_size=40, expansion_ratio=2.0)
+def test_replay_equals_step_by_step(small_net: torch.nn.Module) -> None:
+    pred = FCFIPredictor(small_net, DEVICE, target_size=160, min_crop_size=40, expansion_ratio=2.0)
     pred.set_image(scene())
     state = None
     for i in range(1, len(CLICKS) + 1):
@@ -68,10 +81,10 @@ class DiskOracle(torch.nn.Module):
     def forward(self, x, points, new_points, gate):
         self.shapes.append(tuple(x.shape))
         b, _, h, w = x.shape
-        ys = torch.arange(h, dtype=torch.float32).view(1, h, 1)
-        xs = torch.arange(w, dtype=torch.float32).view(1, 1, w)
+        ys = torch.arange(h, dtype=torch.float32, device=x.device).view(1, h, 1)
+        xs = torch.arange(w, dtype=torch.float32, device=x.device).view(1, 1, w)
         n = points.shape[1] // 2
-        inside = torch.zeros(b, h, w, dtype=torch.bool)
+        inside = torch.zeros(b, h, w, dtype=torch.bool, device=x.device)
         for i in range(n):
             py, px = points[:, i, 0].view(b, 1, 1), points[:, i, 1].view(b, 1, 1)
             inside |= ((ys - py) ** 2 + (xs - px) ** 2 <= 400) & (py >= 0)
@@ -80,7 +93,7 @@ class DiskOracle(torch.nn.Module):
 
 def test_zoom_in_crops_roi_from_second_click() -> None:
     oracle = DiskOracle()
-    pred = FCFIPredictor(oracle, target_size=160, min_crop_size=40, expansion_ratio=1.5, flip=False)
+    pred = FCFIPredictor(oracle, DEVICE, target_size=160, min_crop_size=40, expansion_ratio=1.5, flip=False)
     pred.set_image(np.zeros((300, 400, 3), np.uint8))
     clicks = [Click(190, 130, True), Click(200, 140, True)]
     p1, s1 = pred.predict(clicks[:1])
@@ -95,7 +108,7 @@ def test_zoom_in_crops_roi_from_second_click() -> None:
 
 
 def test_state_must_match_image_and_prefix(random_net: torch.nn.Module) -> None:
-    pred = FCFIPredictor(random_net, flip=False)
+    pred = FCFIPredictor(random_net, DEVICE, flip=False)
     pred.set_image(scene())
     _, state = pred.predict(CLICKS[:2])
     with pytest.raises(ValueError, match="prefix"):
@@ -106,7 +119,7 @@ def test_state_must_match_image_and_prefix(random_net: torch.nn.Module) -> None:
 
 
 def test_bad_clicks_and_images_are_rejected(random_net: torch.nn.Module) -> None:
-    pred = FCFIPredictor(random_net)
+    pred = FCFIPredictor(random_net, DEVICE)
     with pytest.raises(RuntimeError):
         pred.predict(CLICKS)
     with pytest.raises(ValueError):
@@ -133,14 +146,14 @@ def test_big_image_is_limited_to_max_size(random_net: torch.nn.Module) -> None:
             seen.append(tuple(x.shape))
             return self.inner(x, *args)
 
-    pred = FCFIPredictor(Spy(), max_size=256, flip=True)
+    pred = FCFIPredictor(Spy(), DEVICE, max_size=256, flip=True)
     pred.set_image(np.zeros((300, 600, 3), np.uint8))
     probs, _ = pred.predict([Click(300, 150, True)])
     assert seen == [(2, 4, 128, 256)] and probs.shape == (300, 600)
 
 
-def test_positive_click_on_uniform_image_raises_probability_there(tiny_net: torch.nn.Module) -> None:
-    pred = FCFIPredictor(tiny_net, flip=False)
+def test_positive_click_on_uniform_image_raises_probability_there(small_net: torch.nn.Module) -> None:
+    pred = FCFIPredictor(small_net, DEVICE, flip=False)
     for value in (30, 128, 250):
         pred.set_image(np.full((120, 160, 3), value, np.uint8))
         probs, _ = pred.predict([Click(80, 60, True)])
