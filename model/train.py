@@ -19,7 +19,7 @@ The FCFI recipe (paper Sec. 3.4 and 4.1) at CPU scale:
   validation, the snapshots and ``final.pth`` use;
 * validation on a fixed split of whole objects from every training set (``--val-samples``), NoC with Zoom-In;
 * before training, no training image may match a GrabCut, Berkeley or DAVIS image (:mod:`model.leak_guard`);
-* ``--workers N`` processes make the batches ahead (for a GPU; the same batches as the default background thread),
+* ``--workers N`` threads make the batches ahead (for a GPU; the same batches as the default single thread),
   ``--device cuda``, ``--snapshot-every N`` saves the EMA as ``OUT/stepN.pth`` without validating;
 * resume from ``OUT/last.pth`` + ``OUT/train_state.pth`` (``--stop-at`` pauses a schedule on purpose); a
   progress bar; ``OUT/log.jsonl`` of losses, gradient norms and validation NoC; ``OUT/stepN.pth`` at every
@@ -39,6 +39,7 @@ import os
 import shlex
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -85,9 +86,9 @@ def crop_at(schedule: list[tuple[float, tuple[int, int]]], step: int, total: int
     return crop
 
 
-class StepBatches(torch.utils.data.Dataset):
-    """Item ``i`` is the batch of step ``start + i``, drawn from ``(seed, step)`` by :func:`make_batch`, so worker
-    processes hand over exactly the batches the single-thread path makes."""
+class StepBatches:
+    """Item ``i`` is the batch of step ``start + i``, drawn from ``(seed, step)`` by :func:`make_batch`, whichever
+    thread makes it."""
 
     def __init__(self, maker: SampleMaker, seed: int, start: int, stop: int, batch_size: int,
                  schedule: list[tuple[float, tuple[int, int]]], total: int) -> None:
@@ -102,33 +103,19 @@ class StepBatches(torch.utils.data.Dataset):
         return make_batch(self.maker, self.seed, step, self.batch_size, crop_at(self.schedule, step, self.total))
 
 
-def _as_is(batch: Batch) -> Batch:
-    return batch  # the loader must not convert the click lists
-
-
-def _one_cv2_thread(_: int) -> None:
-    cv2.setNumThreads(1)  # the workers are the parallelism; OpenCV's own threads would oversubscribe the cores
-
-
 def iter_batches(batches: StepBatches, workers: int) -> Iterator[Batch]:
-    """The batches in step order: made one step ahead in a background thread (``workers`` 0), or by ``workers``
-    forked processes a few steps ahead. Call before the network touches a GPU: the workers fork here."""
-    if workers > 0:
-        loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
-                                             collate_fn=_as_is, prefetch_factor=4, multiprocessing_context="fork",
-                                             worker_init_fn=_one_cv2_thread)
-        return iter(loader)
+    """The batches in step order, made ahead by ``max(1, workers)`` threads (one batch per thread in flight).
 
-    def threaded() -> Iterator[Batch]:
-        with ThreadPoolExecutor(1) as pool:
-            future = pool.submit(batches.__getitem__, 0) if len(batches) else None
-            for i in range(len(batches)):
-                batch = future.result()
-                if i + 1 < len(batches):
-                    future = pool.submit(batches.__getitem__, i + 1)
-                yield batch
-
-    return threaded()
+    Threads, not processes: OpenCV and NumPy release the GIL for the heavy work, and a forked worker can hang in
+    an OpenMP runtime its parent already started (a GPU machine's OpenCV build did)."""
+    threads = max(1, workers)
+    with ThreadPoolExecutor(threads) as pool:
+        pending = deque(pool.submit(batches.__getitem__, i) for i in range(min(threads, len(batches))))
+        for i in range(len(batches)):
+            batch = pending.popleft().result()
+            if i + threads < len(batches):
+                pending.append(pool.submit(batches.__getitem__, i + threads))
+            yield batch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="refuse to train when a training image matches an evaluation image")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=0,
-                    help="processes that make batches ahead (0: one background thread; a GPU wants several)")
+                    help="threads that make batches ahead (0 or 1: one; a GPU wants several)")
     ap.add_argument("--snapshot-every", type=int, default=0,
                     help="also save the shipped (EMA) weights as OUT/stepN.pth every N steps, without validating")
     return ap
@@ -231,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     val_entries = index["val"][: args.val_samples] if args.val_samples else index["val"]
     schedule = parse_crop_schedule(args.crop)
 
-    # Where a resumed run picks up, before any network exists: the batch workers fork before the GPU is used.
+    if args.workers > 1:
+        cv2.setNumThreads(1)  # the batch threads are the parallelism; OpenCV's own pool would oversubscribe
     resume = (out / "last.pth").exists() and (out / "train_state.pth").exists()
     state = torch.load(out / "train_state.pth", map_location="cpu", weights_only=True) if resume else None
     start = int(state["step"]) if state else 0
@@ -313,9 +301,9 @@ def main(argv: list[str] | None = None) -> None:
                 save_checkpoint(shipped, out / "best.pth", meta={**meta, "step": done, "val": figures})
         elif args.snapshot_every and done % args.snapshot_every == 0:
             save_checkpoint(shipped, out / f"step{done}.pth", meta={**meta, "step": done})
+        log.flush()  # a run killed between checkpoints still shows how far it got
         if done % args.ckpt_every == 0 or done == stop:
             save(done)
-            log.flush()
     log.close()
     if stop == args.steps:
         save_checkpoint(shipped, out / "final.pth", meta={**meta, "step": args.steps})

@@ -8,6 +8,8 @@ weights). :class:`StepConfig` holds the recipe constants both callers use; :func
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import types
 from collections.abc import Iterable
@@ -52,8 +54,11 @@ class StepConfig:
 
 
 def make_batch(maker: SampleMaker, seed: int, step: int, batch_size: int, crop: tuple[int, int]) -> Batch:
+    """The batch of ``step``: ``batch_size`` samples of ``crop`` size drawn from a generator seeded with
+    ``(seed, step)``. ``maker`` is left as it is, so threads may make batches of different steps at once."""
     rng = np.random.default_rng([seed, step])
-    maker.cfg.crop = crop
+    maker = copy.copy(maker)
+    maker.cfg = dataclasses.replace(maker.cfg, crop=crop)
     samples = [maker(rng) for _ in range(batch_size)]
     images = torch.from_numpy(np.stack([s[0] for s in samples]))
     masks = torch.from_numpy(np.stack([s[1] for s in samples]))

@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     ap.add_argument("--out", type=Path, default=Path("device_pack"))
     ap.add_argument("--max-side", type=int, default=352, help="longest image side after shrinking (px)")
-    ap.add_argument("--quality", type=int, default=70, help="WebP quality of the images (0-100)")
+    ap.add_argument("--quality", type=int, default=60, help="WebP quality of the images (0-100)")
     args = ap.parse_args()
     for sub in ("data", "site"):
         shutil.rmtree(args.out / sub, ignore_errors=True)
