@@ -139,6 +139,12 @@ class _GraphRunner:
             path = Path(tmp) / "core.onnx"
             self.outputs = export_onnx(net, path)
             self._onnx = path.read_bytes()
+        # The exporter drops inputs the graph never reads (the baseline variant, ``fcfi="none"``, takes the previous
+        # mask inside the encoding only, so it has no ``prev_mask`` input): feed what the graph kept.
+        import onnx
+
+        kept = {i.name for i in onnx.load_model_from_string(self._onnx).graph.input}
+        self.inputs = [name for name in CORE_INPUTS if name in kept]
         self._engine = self._engine_for(self.threads)
 
     def _engine_for(self, threads: int) -> object:
@@ -161,7 +167,8 @@ class _GraphRunner:
                  gate: torch.Tensor) -> dict[str, torch.Tensor | None]:
         with torch.inference_mode():
             inputs = self.net.core_inputs(*self.net.prepare(image, points), new_points, gate)
-            feed = {name: t.detach().cpu().contiguous().numpy() for name, t in zip(CORE_INPUTS, inputs, strict=True)}
+            feed = {name: t.detach().cpu().contiguous().numpy() for name, t in zip(CORE_INPUTS, inputs, strict=True)
+                    if name in self.inputs}
             out = {k: torch.from_numpy(np.asarray(v)) for k, v in zip(self.outputs, self._infer(feed), strict=True)}
             return self.net.upsample_outputs(out, tuple(image.shape[-2:]))
 

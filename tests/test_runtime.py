@@ -14,7 +14,7 @@ from ls_stub import FakeLabelStudio
 from support import Server, body, keypoint, mask_of, scene, settings_for
 
 from backend.settings import Settings
-from model import Click, FCFIPredictor
+from model import Click, FCFIPredictor, build_model
 from model.clicks import points_tensor
 from model.lite0 import grid_size
 from model.runtime import RUNTIMES, TorchRunner, available, make_runner
@@ -55,6 +55,27 @@ def test_runtime_gives_pytorch_masks_click_by_click(tiny_net: torch.nn.Module, r
         assert (a == b).mean() > 0.999, f"click {k}"
         assert other_state.roi == ref_state.roi
     assert reference.mask(ref_probs)[35, 40] and not reference.mask(ref_probs)[5, 5]  # a real, clicked mask
+
+
+@pytest.mark.parametrize("runtime", EXPORTED)
+def test_the_baseline_variant_runs_exported_too(runtime: str) -> None:
+    """``fcfi="none"`` (the paper's baseline of the ablation) reads the previous mask only through its input
+    encoding, so its exported graph has no ``prev_mask`` input; the runner must not feed one."""
+    if not available(runtime):
+        pytest.skip(f"{runtime} is not installed")
+    torch.manual_seed(0)
+    net = build_model("lite0", fcfi="none").eval()
+    runner = make_runner(net, runtime)
+    assert "prev_mask" not in runner.inputs and "rgb" in runner.inputs
+    reference, other = FCFIPredictor(net, flip=False), FCFIPredictor(net, runtime=runtime, flip=False)
+    rgb = session_image()
+    reference.set_image(rgb)
+    other.set_image(rgb)
+    ref_state = other_state = None
+    for k in range(1, 3):  # the second click feeds the stored previous mask
+        ref_probs, ref_state = reference.predict(SESSION[:k], ref_state)
+        probs, other_state = other.predict(SESSION[:k], other_state)
+        assert np.abs(probs - ref_probs).max() < 1e-4, f"click {k}"
 
 
 @pytest.mark.parametrize("runtime", EXPORTED)
