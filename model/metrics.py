@@ -179,4 +179,3 @@ def bootstrap_mean_changes(before: Sequence[float], after: Sequence[float], seed
         raise ValueError("no paired samples")
     rng = np.random.default_rng(seed)
     return float(d.mean()), d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
-

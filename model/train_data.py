@@ -56,7 +56,6 @@ TRAIN_SETS: dict[str, TrainSet] = {
 }
 
 
-
 @dataclass
 class Entry:
     """One image with its candidate objects.
