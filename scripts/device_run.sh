@@ -15,7 +15,8 @@
 # Call: device run, carry ["device_pack"], command "bash scripts/device_run.sh", timeout_s about BUDGET_S + 30.
 # SKIP_CHECKS=1 leaves out the serve benchmark and the predictor tests (a second call that only trains).
 # Measured on one H200 (2026-11-29): four runs at once took 0.29-0.33 s per step of 64 after a 40 s start (index,
-# image decode, cuDNN autotune), so the default 1,100 steps need about 7 minutes; validation 31-42 s per run.
+# image decode, cuDNN autotune), so the default 1,100 steps need about 7 minutes; validation 31-42 s per run. The
+# full-budget ablation (1,100 steps, 70,400 samples per run) therefore fits one call with SKIP_CHECKS=1.
 # A dry run here: OUT=/tmp/dev DEVICE=cpu PYTHON=.venv/bin/python STEPS=4 SNAP=2 BATCH=2 WORKERS=1 BUDGET_S=300 \
 #   SERVE_ARGS="--sessions 1 --clicks 2" bash scripts/device_run.sh
 set -u
@@ -30,7 +31,7 @@ LR="${LR:-3e-3}"
 WARMUP="${WARMUP:-100}"
 EMA="${EMA:-0.995}"
 WORKERS="${WORKERS:-3}"
-EVAL_S="${EVAL_S:-75}"
+EVAL_S="${EVAL_S:-60}"
 SNAP="${SNAP:-100}"           # snapshot interval; STEPS is a multiple of it
 SERVE_ARGS="${SERVE_ARGS:---sessions 4 --clicks 10}"
 WORK="${WORK:-/tmp/device_work}"
