@@ -106,8 +106,9 @@ class StepBatches:
 def iter_batches(batches: StepBatches, workers: int) -> Iterator[Batch]:
     """The batches in step order, made ahead by ``max(1, workers)`` threads (one batch per thread in flight).
 
-    Threads, not processes: OpenCV and NumPy release the GIL for the heavy work, and a forked worker can hang in
-    an OpenMP runtime its parent already started (a GPU machine's OpenCV build did)."""
+    Threads, not processes: OpenCV and NumPy release the GIL for the heavy work, and forked DataLoader workers hung
+    on the lent GPU machine (OpenCV 5 there; /dev/shm was large, so not shared memory; a fork after a thread pool
+    started is the usual suspect)."""
     threads = max(1, workers)
     with ThreadPoolExecutor(threads) as pool:
         pending = deque(pool.submit(batches.__getitem__, i) for i in range(min(threads, len(batches))))
