@@ -59,15 +59,14 @@ fi
 
 echo "[$(( $(date +%s) - T0 ))s] training, $(left)s left" | tee -a "$WORK/logs/phases.txt"
 TRAIN_S=$(( $(left) - EVAL_S - 25 ))
+RUNS="full-s0 full-s1 none-s0 none-s1"  # variant-sSEED
 pids=()
-for fcfi in full none; do
-  for seed in 0 1; do
-    timeout "$TRAIN_S" "$PY" -m model.train --out "$WORK/runs/$fcfi-s$seed" --data-root device_pack/data \
-      --fcfi "$fcfi" --seed "$seed" --steps "$STEPS" --batch-size "$BATCH" --lr "$LR" --warmup "$WARMUP" \
-      --ema "$EMA" --crop 256x256 --val-every 0 --snapshot-every "$SNAP" --ckpt-every "$SNAP" --workers "$WORKERS" \
-      --threads 1 --device "$DEVICE" --no-leak-check > "$WORK/logs/train-$fcfi-s$seed.log" 2>&1 &
-    pids+=($!)
-  done
+for run in $RUNS; do
+  timeout "$TRAIN_S" "$PY" -m model.train --out "$WORK/runs/$run" --data-root device_pack/data \
+    --fcfi "${run%-s*}" --seed "${run#*-s}" --steps "$STEPS" --batch-size "$BATCH" --lr "$LR" --warmup "$WARMUP" \
+    --ema "$EMA" --crop 256x256 --val-every 0 --snapshot-every "$SNAP" --ckpt-every "$SNAP" --workers "$WORKERS" \
+    --threads 1 --device "$DEVICE" --no-leak-check > "$WORK/logs/train-$run.log" 2>&1 &
+  pids+=($!)
 done
 if [ "${SKIP_CHECKS:-0}" != 1 ]; then
   timeout 170 "$PY" -m pytest -q -p no:cacheprovider tests/test_predictor.py > "$WORK/logs/predictor_tests.txt" 2>&1
@@ -78,12 +77,13 @@ for p in "${pids[@]}"; do wait "$p"; echo "train pid $p rc=$?" >> "$WORK/logs/ph
 # The last snapshot every run reached: equal budgets.
 common=""
 for s in $(seq "$STEPS" -"$SNAP" "$SNAP"); do
-  if [ -f "$WORK/runs/full-s0/step$s.pth" ] && [ -f "$WORK/runs/full-s1/step$s.pth" ] \
-     && [ -f "$WORK/runs/none-s0/step$s.pth" ] && [ -f "$WORK/runs/none-s1/step$s.pth" ]; then common=$s; break; fi
+  reached=1
+  for run in $RUNS; do [ -f "$WORK/runs/$run/step$s.pth" ] || reached=0; done
+  if [ "$reached" = 1 ]; then common=$s; break; fi
 done
 echo "[$(( $(date +%s) - T0 ))s] common step: ${common:-none}, $(left)s left" | tee -a "$WORK/logs/phases.txt"
 if [ -n "$common" ]; then
-  for run in full-s0 full-s1 none-s0 none-s1; do
+  for run in $RUNS; do
     cp "$WORK/runs/$run/step$common.pth" "$OUT/$run.pth"
     timeout $(( $(left) > 30 ? $(left) - 15 : 15 )) "$PY" -m model.validation --checkpoint "$WORK/runs/$run/step$common.pth" \
       --data-root device_pack/data --device "$DEVICE" --threads 1 --curves "$WORK/logs/val-$run.json" \
@@ -91,11 +91,11 @@ if [ -n "$common" ]; then
   done
   wait
 fi
-for run in full-s0 full-s1 none-s0 none-s1; do
+for run in $RUNS; do
   cp "$WORK/runs/$run/log.jsonl" "$WORK/logs/log-$run.jsonl" 2>/dev/null
   cp "$WORK/runs/$run/commands.txt" "$WORK/logs/commands-$run.txt" 2>/dev/null
 done
-cp $WORK/runs/full-s0/data_list.json "$WORK/logs/" 2>/dev/null
+cp "$WORK/runs/full-s0/data_list.json" "$WORK/logs/" 2>/dev/null
 echo "[$(( $(date +%s) - T0 ))s] done" >> "$WORK/logs/phases.txt"
 tar -czf "$OUT/results.tar.gz" -C "$WORK" logs
 cat "$WORK/logs/phases.txt"; tail -3 "$WORK/logs/predictor_tests.txt" 2>/dev/null; cat "$WORK/logs/val"-*.txt 2>/dev/null | tail -8
