@@ -69,7 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from model.finetune import PARTS, FineTuneConfig
-from model.predictor import MAX_SIZE, TARGET_SIZE
+from model.predictor import EXPANSION_RATIO, MAX_SIZE, TARGET_SIZE
 
 GATES = ("paired", "always")  # FIT_GATE's values (backend.fit_gate applies them)
 _RECIPE = FineTuneConfig()  # the fit job's recipe defaults (model.finetune) are the FIT_* defaults
@@ -125,7 +125,7 @@ class Settings:
     zoom_in: bool = _env(True, "ZOOM_IN")
     flip: bool = _env(True, "FLIP")
     target_size: int = _env(TARGET_SIZE, "TARGET_SIZE")
-    expansion_ratio: float = _env(3.0, "EXPANSION_RATIO")
+    expansion_ratio: float = _env(EXPANSION_RATIO, "EXPANSION_RATIO")
     max_size: int = _env(MAX_SIZE, "MAX_SIZE")
     runtime: str = _env("openvino", "RUNTIME")
     torch_threads: int | None = _env(None, "TORCH_THREADS")

@@ -29,10 +29,12 @@ MASK_THRESHOLD = 0.49
 
 
 #: Served defaults of the scale settings, chosen on the validation split of the training sets (never on the test
-#: sets; README, "Inference settings"): the long side of a zoomed (Zoom-In) network input, and the longest side
-#: of an unzoomed one (the first click; larger images are scaled down to it).
+#: sets; README, "Inference settings"): the long side of a zoomed (Zoom-In) network input, the longest side
+#: of an unzoomed one (the first click; larger images are scaled down to it), and how far the Zoom-In ROI
+#: reaches around the object's box and the clicks (side = ratio x box side).
 TARGET_SIZE = 480
 MAX_SIZE = 480
+EXPANSION_RATIO = 3.0
 
 
 def quantize(probs: np.ndarray) -> np.ndarray:
@@ -120,7 +122,8 @@ class FCFIPredictor:
         min_crop_size: smallest ROI side (pixels).
         skip_clicks: clicks that always see the full image (1: only the first).
         flip: average the prediction with that of the horizontally flipped input.
-        max_size: longest network-input side when not zoomed (big images are scaled down); 0 = none.
+        max_size: longest network-input side (big images are scaled down for the first click; a Zoom-In ROI is
+            scaled to ``target_size`` but never beyond ``max_size``, as LimitLongestSide after ZoomIn); 0 = none.
         threshold: probability above which a pixel is object (:data:`MASK_THRESHOLD`), see :meth:`mask`.
         autocast_dtype: run the network under ``torch.autocast`` with this dtype (e.g. bfloat16).
         runtime: who runs the network pass (:data:`model.runtime.RUNTIMES`, see :func:`model.runtime.make_runner`);
@@ -128,7 +131,7 @@ class FCFIPredictor:
     """
 
     def __init__(self, net: nn.Module, device: str | torch.device | None = None, zoom_in: bool = True,
-                 target_size: int = TARGET_SIZE, expansion_ratio: float = 3.0, min_crop_size: int = 200,
+                 target_size: int = TARGET_SIZE, expansion_ratio: float = EXPANSION_RATIO, min_crop_size: int = 200,
                  skip_clicks: int = 1, flip: bool = True, max_size: int = MAX_SIZE, threshold: float = MASK_THRESHOLD,
                  autocast_dtype: torch.dtype | None = None, runtime: str | None = None) -> None:
         if device is None:

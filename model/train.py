@@ -54,6 +54,7 @@ from .ema import WeightEMA
 from .leak_guard import evaluation_images, find_matches
 from .train_data import (
     TRAIN_SETS,
+    VAL_FRACTION,
     AugmentConfig,
     SampleMaker,
     build_index,
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="leave out training objects smaller than this fraction of their image")
     ap.add_argument("--stuff-weight", type=float, default=0.2,
                     help="relative draw weight of regions that touch three or more image sides")
-    ap.add_argument("--val-fraction", type=float, default=0.07, help="share of each set's images held out")
+    ap.add_argument("--val-fraction", type=float, default=VAL_FRACTION, help="share of each set's images held out")
     ap.add_argument("--steps", type=int, default=20000, help="total optimizer steps")
     ap.add_argument("--stop-at", type=int, default=None,
                     help="stop (with a checkpoint) after this step of the --steps schedule; resume later with a larger "

@@ -110,7 +110,12 @@ def _objects_of(labels: np.ndarray, kind: str, min_area: int, min_area_frac: flo
     return objects, [object_info(np.isin(labels, list(o))) for o in objects]
 
 
-def build_index(root: Path, datasets: list[str], val_fraction: float = 0.07, min_area: int = 400,
+#: Share of each training set's images held out as the validation split (``model.train --val-fraction`` and
+#: ``model.validation`` default to it, so both see the same split).
+VAL_FRACTION = 0.07
+
+
+def build_index(root: Path, datasets: list[str], val_fraction: float = VAL_FRACTION, min_area: int = 400,
                 min_area_frac: float = 0.0) -> dict[str, list[Entry]]:
     """Index the training sets under ``root`` and split them deterministically (by file-name hash).
 

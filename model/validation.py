@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from .runtime import RUNTIMES
-from .train_data import build_index, load_entries, present_sets
+from .train_data import VAL_FRACTION, build_index, load_entries, present_sets
 
 
-def validation_entries(root: Path, val_fraction: float = 0.07) -> list:
+def validation_entries(root: Path, val_fraction: float = VAL_FRACTION) -> list:
     """The held-out objects of every training set present under ``root``."""
     return build_index(root, present_sets(root), val_fraction)["val"]
 
@@ -97,10 +97,13 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default="default")
     ap.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
+                    help="the split's share of each set (the training run's --val-fraction)")
     ap.add_argument("--no-zoom-in", action="store_true")
     ap.add_argument("--flip", action="store_true", help="flip test-time augmentation (training validates without)")
     ap.add_argument("--target-size", type=int, default=None, help="Zoom-In long side (predictor default)")
     ap.add_argument("--max-size", type=int, default=None, help="longest unzoomed input side (predictor default)")
+    ap.add_argument("--expansion-ratio", type=float, default=None, help="Zoom-In ROI expansion (predictor default)")
     ap.add_argument("--runtime", choices=RUNTIMES, default=None, help="inference runtime (default: eager)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--device", default="cpu")
@@ -108,9 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     net = load_checkpoint(args.checkpoint)
-    entries = validation_entries(args.data_root)
+    entries = validation_entries(args.data_root, args.val_fraction)
     options = {k: v for k, v in (("flip", args.flip), ("target_size", args.target_size),
-                                 ("max_size", args.max_size), ("runtime", args.runtime)) if v is not None}
+                                 ("max_size", args.max_size), ("expansion_ratio", args.expansion_ratio),
+                                 ("runtime", args.runtime)) if v is not None}
     t0 = time.perf_counter()
     curves: list[list[float]] = []
     figures = validate(net, args.data_root, entries, torch.device(args.device), zoom_in=not args.no_zoom_in,
