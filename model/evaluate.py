@@ -222,7 +222,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--target-size", type=int, default=None,
                     help="Zoom-In long side (predictor default if unset)")
     ap.add_argument("--max-size", type=int, default=None,
-                    help="longest side of an unzoomed input, i.e. the first click (predictor default if unset)")
+                    help="longest network-input side: the first click's full image, and the cap of a Zoom-In crop "
+                         "(predictor default if unset)")
     ap.add_argument("--runtime", choices=RUNTIMES, default=None,
                     help="inference runtime (default: the network called by PyTorch as it is)")
     ap.add_argument("--expansion-ratio", type=float, default=None,

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-zoom-in", action="store_true")
     ap.add_argument("--flip", action="store_true", help="flip test-time augmentation (training validates without)")
     ap.add_argument("--target-size", type=int, default=None, help="Zoom-In long side (predictor default)")
-    ap.add_argument("--max-size", type=int, default=None, help="longest unzoomed input side (predictor default)")
+    ap.add_argument("--max-size", type=int, default=None, help="longest network-input side (predictor default)")
     ap.add_argument("--expansion-ratio", type=float, default=None, help="Zoom-In ROI expansion (predictor default)")
     ap.add_argument("--runtime", choices=RUNTIMES, default=None, help="inference runtime (default: eager)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
