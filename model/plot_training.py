@@ -6,7 +6,8 @@ Usage::
 
 Three panels against the optimizer step: validation NoC@90, validation IoU after the first click, and the
 training loss (a moving average over ``--smooth`` steps). A step logged twice (a resumed run) keeps its
-last record.
+last record. It also prints one JSON line per log with the compute the run has spent (``training_time``), so
+a claim such as "15 hours of this CPU" can be checked from the log alone.
 """
 
 from __future__ import annotations
@@ -35,6 +36,32 @@ def read_log(path: str | os.PathLike) -> tuple[dict[int, dict[str, Any]], dict[i
         elif "loss" in row:
             losses[int(row["step"])] = float(row["loss"])
     return vals, losses
+
+
+def training_time(path: str | os.PathLike) -> dict[str, Any]:
+    """Compute spent by the run of one ``log.jsonl``, from the seconds each step and validation logged.
+
+    A step logged twice (the run was killed after logging it and resumed from an earlier checkpoint) counts
+    once, with its last record: the time lost to a kill is not training. Wall time spent paused
+    (``kill -STOP``) or between sessions is not in the log, so it never counts.
+
+    Returns ``{"log", "steps", "last_step", "step_hours", "val_hours", "hours"}``; hours are floats >= 0.
+    """
+    step_sec: dict[int, float] = {}
+    val_sec: dict[int, float] = {}
+    for line in Path(path).read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if "val" in row:
+            val_sec[int(row["step"])] = float(row["val"].get("sec", 0.0))
+        elif "sec" in row:
+            step_sec[int(row["step"])] = float(row["sec"])
+    step_h = sum(step_sec.values()) / 3600.0
+    val_h = sum(val_sec.values()) / 3600.0
+    return {"log": str(path), "steps": len(step_sec), "last_step": max(step_sec, default=0),
+            "step_hours": step_h, "val_hours": val_h, "hours": step_h + val_h}
 
 
 def plot_training(logs: Sequence[str | os.PathLike], out_path: str | os.PathLike,
@@ -76,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--labels", nargs="*")
     ap.add_argument("--smooth", type=int, default=100)
     args = ap.parse_args(argv)
+    for log in args.logs:
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in training_time(log).items()}))
     print(plot_training(args.logs, args.out, args.labels, args.smooth))
 
 
