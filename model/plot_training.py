@@ -6,8 +6,9 @@ Usage::
 
 Three panels against the optimizer step: validation NoC@90, validation IoU after the first click, and the
 training loss (a moving average over ``--smooth`` steps). A step logged twice (a resumed run) keeps its
-last record. It also prints one JSON line per log with the compute the run has spent (``training_time``), so
-a claim such as "15 hours of this CPU" can be checked from the log alone.
+last record. It also prints one JSON line per log with the compute the run has spent (``training_time``:
+pauses and validations taken out of the step times), so a claim such as "15 hours of this CPU" can be checked
+from the log alone.
 """
 
 from __future__ import annotations
@@ -38,15 +39,23 @@ def read_log(path: str | os.PathLike) -> tuple[dict[int, dict[str, Any]], dict[i
     return vals, losses
 
 
-def training_time(path: str | os.PathLike) -> dict[str, Any]:
+def training_time(path: str | os.PathLike, block: int = 100, outlier: float = 10.0) -> dict[str, Any]:
     """Compute spent by the run of one ``log.jsonl``, from the seconds each step and validation logged.
 
+    A step's logged ``sec`` is the wall time since the previous step's record, so it also holds whatever ran
+    in between: the validation after the previous step, and any time the process sat paused (``kill -STOP``
+    while the CPU was lent to an evaluation). A step slower than ``outlier`` times the median of its
+    ``block``-step block is therefore counted at that median (``step_hours``; ``raw_step_hours`` keeps the
+    plain sum), and validations are counted from their own records (``val_hours``). The first step after a
+    resume also counts at the median, which leaves out a few seconds of start-up: the figure errs low.
     A step logged twice (the run was killed after logging it and resumed from an earlier checkpoint) counts
-    once, with its last record: the time lost to a kill is not training. Wall time spent paused
-    (``kill -STOP``) or between sessions is not in the log, so it never counts.
+    once, with its last record.
 
-    Returns ``{"log", "steps", "last_step", "step_hours", "val_hours", "hours"}``; hours are floats >= 0.
+    Returns ``{"log", "steps", "last_step", "step_hours", "raw_step_hours", "outlier_steps", "val_hours",
+    "hours"}``; hours are floats >= 0 and ``hours = step_hours + val_hours``.
     """
+    import numpy as np
+
     step_sec: dict[int, float] = {}
     val_sec: dict[int, float] = {}
     for line in Path(path).read_text().splitlines():
@@ -58,10 +67,19 @@ def training_time(path: str | os.PathLike) -> dict[str, Any]:
             val_sec[int(row["step"])] = float(row["val"].get("sec", 0.0))
         elif "sec" in row:
             step_sec[int(row["step"])] = float(row["sec"])
-    step_h = sum(step_sec.values()) / 3600.0
+    blocks: dict[int, list[float]] = {}
+    for step, sec in step_sec.items():
+        blocks.setdefault(step // block, []).append(sec)
+    robust, outliers = 0.0, 0
+    for secs in blocks.values():
+        median = float(np.median(secs))
+        slow = [s for s in secs if s > outlier * median]
+        outliers += len(slow)
+        robust += sum(secs) - sum(slow) + median * len(slow)
     val_h = sum(val_sec.values()) / 3600.0
     return {"log": str(path), "steps": len(step_sec), "last_step": max(step_sec, default=0),
-            "step_hours": step_h, "val_hours": val_h, "hours": step_h + val_h}
+            "step_hours": robust / 3600.0, "raw_step_hours": sum(step_sec.values()) / 3600.0,
+            "outlier_steps": outliers, "val_hours": val_h, "hours": robust / 3600.0 + val_h}
 
 
 def plot_training(logs: Sequence[str | os.PathLike], out_path: str | os.PathLike,
