@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The long training run of issue 13: the v2 recipe at its defaults on every training set, both cores, about
-# 15 hours on a 2-core CPU. Starts, or resumes from runs/long/last.pth + train_state.pth (same command).
-# The shipped weights are its EMA snapshot with the best validation NoC@90 (runs/long/best.pth).
+# The long training run of issue 13: the v2 recipe at its defaults on every training set, both cores, 15 hours
+# or more on a 2-core CPU (`python -m model.plot_training runs/long/log.jsonl -o curve.png` prints the hours
+# spent). Starts, or resumes from runs/long/last.pth + train_state.pth (same command).
+# The shipped weights are one of its EMA snapshots (runs/long/stepN.pth), chosen on the validation split with the
+# served settings: python -m model.validation --checkpoint runs/long/stepN.pth --runtime openvino --flip
 # Usage: bash scripts/long_run.sh [DATA_ROOT]   (runs in the background; log: runs/long.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
