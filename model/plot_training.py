@@ -23,15 +23,22 @@ from typing import Any
 from .plot_curves import save_figure
 
 
+def _records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The JSON records of one ``log.jsonl``, in order; a line cut by a kill is skipped."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
 def read_log(path: str | os.PathLike) -> tuple[dict[int, dict[str, Any]], dict[int, float]]:
     """(validation figures by step, loss by step) of one ``log.jsonl``."""
     vals: dict[int, dict[str, Any]] = {}
     losses: dict[int, float] = {}
-    for line in Path(path).read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a kill
+    for row in _records(path):
         if "val" in row:
             vals[int(row["step"])] = row["val"]
         elif "loss" in row:
@@ -47,7 +54,7 @@ def training_time(path: str | os.PathLike, block: int = 100, outlier: float = 10
     while the CPU was lent to an evaluation). A step slower than ``outlier`` times the median of its
     ``block``-step block is therefore counted at that median (``step_hours``; ``raw_step_hours`` keeps the
     plain sum), and validations are counted from their own records (``val_hours``). The first step after a
-    resume also counts at the median, which leaves out a few seconds of start-up: the figure errs low.
+    resume holds the start-up and usually counts at the median too, so the figure errs low.
     A step logged twice (the run was killed after logging it and resumed from an earlier checkpoint) counts
     once, with its last record.
 
@@ -58,11 +65,7 @@ def training_time(path: str | os.PathLike, block: int = 100, outlier: float = 10
 
     step_sec: dict[int, float] = {}
     val_sec: dict[int, float] = {}
-    for line in Path(path).read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a kill
+    for row in _records(path):
         if "val" in row:
             val_sec[int(row["step"])] = float(row["val"].get("sec", 0.0))
         elif "sec" in row:
