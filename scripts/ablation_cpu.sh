@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The ablation of issue 13 on this 2-core CPU, for when no GPU is lent (scripts/device_run.sh does it in one GPU
+# call): full FCFI and the paper's baseline (--fcfi none: the previous mask only as an input channel), seeds 0 and 1,
+# recipe v2 at batch 8 with 256x256 crops, STEPS steps each. The default 8,800 x 8 = 70,400 samples is the GPU
+# script's budget, at least 3 hours of both cores per run (about 3.4 h at 1.4 s per step), so about 14 hours for
+# all four: the runs go one after another in the background, each resumes from its own checkpoint and a finished
+# one (final.pth) is skipped, so the same command continues in every session until all four are done.
+# Then, with the four final.pth, it scores each (Zoom-In on, flip off, OpenVINO, as the GPU ablation) on the
+# validation split and on GrabCut + Berkeley, and prints the paired bootstrap of FCFI - baseline:
+#   benchmarks/results/ablation_cpu_RUN_{val,gb}.json and ablation_cpu_paired.jsonl
+# Usage: bash scripts/ablation_cpu.sh [DATA_ROOT]   (log: runs/abl_cpu.log; hours per run:
+#   python -m model.plot_training runs/abl_cpu/*/log.jsonl -o runs/abl_cpu/curves.png)
+# A dry run: FOREGROUND=1 STEPS=2 BATCH=2 RUNS_DIR=/tmp/abl RESULTS=/tmp/abl/results EXTRA=--no-leak-check \
+#   VAL_ARGS="--val-fraction 0.005" SCORE_ARGS="--dataset GrabCut --every 25" bash scripts/ablation_cpu.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${1:-../shared/data}"
+PY="${PYTHON:-.venv/bin/python}"
+STEPS="${STEPS:-8800}"
+BATCH="${BATCH:-8}"
+RUNS_DIR="${RUNS_DIR:-runs/abl_cpu}"
+RESULTS="${RESULTS:-benchmarks/results}"
+SCORE_ARGS="${SCORE_ARGS:---dataset GrabCut --dataset Berkeley}"
+EXTRA="${EXTRA:-}"          # more model.train flags
+VAL_ARGS="${VAL_ARGS:-}"    # flags of both model.train and model.validation (the split must match)
+RUNS="full-s0 none-s0 full-s1 none-s1"  # variant-sSEED; seed 0 of both first, so a partial campaign still pairs
+mkdir -p "$RUNS_DIR" "$RESULTS"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+campaign() {
+  set -euo pipefail
+  for run in $RUNS; do
+    [ -f "$RUNS_DIR/$run/final.pth" ] && continue
+    # shellcheck disable=SC2086
+    "$PY" -m model.train --out "$RUNS_DIR/$run" --data-root "$DATA" --fcfi "${run%-s*}" --seed "${run#*-s}" \
+      --steps "$STEPS" --batch-size "$BATCH" --crop 256x256 --val-every 0 --ckpt-every 100 --threads 2 $EXTRA $VAL_ARGS
+  done
+  for run in $RUNS; do
+    name="${run/-s/_s}"
+    # shellcheck disable=SC2086
+    "$PY" -m model.validation --checkpoint "$RUNS_DIR/$run/final.pth" --data-root "$DATA" --runtime openvino \
+      --threads 2 --curves "$RESULTS/ablation_cpu_${name}_val.json" $VAL_ARGS
+    # shellcheck disable=SC2086
+    "$PY" -m model.evaluate --checkpoint "$RUNS_DIR/$run/final.pth" --data-root "$DATA" $SCORE_ARGS --no-flip \
+      --runtime openvino --no-progress --json "$RESULTS/ablation_cpu_${name}_gb.json"
+  done
+  for kind in val gb; do
+    "$PY" -m benchmarks.ablation_paired --fcfi "$RESULTS"/ablation_cpu_full_s{0,1}_$kind.json \
+      --base "$RESULTS"/ablation_cpu_none_s{0,1}_$kind.json
+  done > "$RESULTS/ablation_cpu_paired.jsonl"
+  cat "$RESULTS/ablation_cpu_paired.jsonl"
+}
+
+if [ "${FOREGROUND:-0}" = 1 ]; then
+  campaign
+else
+  export -f campaign
+  export PY DATA STEPS BATCH RUNS_DIR RESULTS SCORE_ARGS EXTRA VAL_ARGS RUNS
+  nohup bash -c campaign >> runs/abl_cpu.log 2>&1 &
+  echo "ablation in the background (pid $!); log runs/abl_cpu.log"
+fi
