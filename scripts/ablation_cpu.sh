@@ -5,13 +5,14 @@
 # script's budget, at least 3 hours of both cores per run (about 3.4 h at 1.4 s per step), so about 14 hours for
 # all four: the runs go one after another in the background, each resumes from its own checkpoint and a finished
 # one (final.pth) is skipped, so the same command continues in every session until all four are done.
-# Then, with the four final.pth, it scores each (Zoom-In on, flip off, OpenVINO, as the GPU ablation) on the
+# Then, with the four final.pth, it scores each (Zoom-In on and flip off as in the GPU ablation, through OpenVINO) on the
 # validation split and on GrabCut + Berkeley, and prints the paired bootstrap of FCFI - baseline:
 #   benchmarks/results/ablation_cpu_RUN_{val,gb}.json and ablation_cpu_paired.jsonl
 # Usage: bash scripts/ablation_cpu.sh [DATA_ROOT]   (log: runs/abl_cpu.log; hours per run:
 #   python -m model.plot_training runs/abl_cpu/*/log.jsonl -o runs/abl_cpu/curves.png)
-# A dry run: FOREGROUND=1 STEPS=2 BATCH=2 RUNS_DIR=/tmp/abl RESULTS=/tmp/abl/results EXTRA=--no-leak-check \
-#   VAL_ARGS="--val-fraction 0.005" SCORE_ARGS="--dataset GrabCut --every 25" bash scripts/ablation_cpu.sh
+# A dry run (about 7 minutes): FOREGROUND=1 STEPS=2 BATCH=2 RUNS_DIR=/tmp/abl RESULTS=/tmp/abl/results \
+#   EXTRA="--no-leak-check --warmup 1" VAL_ARGS="--val-fraction 0.02" SCORE_ARGS="--dataset GrabCut --every 25" \
+#   bash scripts/ablation_cpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
