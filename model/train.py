@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "then --fcfi none is not the paper's baseline)")
     ap.add_argument("--bf16", action="store_true",
                     help="bfloat16 autocast. Off by default: on the AMX machine we measured it slower than fp32 with "
-                         "channels-last (1.22 vs 0.80 s per step) and 9x slower on an AVX2-only CPU")
+                         "channels-last (1.22 vs 0.80 s per step) and 9x slower on an AVX2-only CPU; "
+                         "python -m benchmarks.train_speed measures it on the machine at hand")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--seed", type=int, default=0)
