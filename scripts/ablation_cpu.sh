@@ -5,8 +5,9 @@
 # script's budget, at least 3 hours of both cores per run (about 3.4 h at 1.4 s per step), so about 14 hours for
 # all four: the runs go one after another in the background, each resumes from its own checkpoint and a finished
 # one (final.pth) is skipped, so the same command continues in every session until all four are done.
-# Then, with the four final.pth, it scores each (Zoom-In on and flip off as in the GPU ablation, through OpenVINO) on the
-# validation split and on GrabCut + Berkeley, and prints the paired bootstrap of FCFI - baseline:
+# Each run, once trained, is scored (Zoom-In on and flip off as in the GPU ablation, through OpenVINO) on the
+# validation split and on GrabCut + Berkeley, and the paired bootstrap of FCFI - baseline is redone over the seeds
+# whose two variants are both scored (seed 0 after the second run, both seeds after the fourth):
 #   benchmarks/results/ablation_cpu_RUN_{val,gb}.json and ablation_cpu_paired.jsonl
 # Usage: bash scripts/ablation_cpu.sh [DATA_ROOT]   (log: runs/abl_cpu.log; hours per run:
 #   python -m model.plot_training runs/abl_cpu/*/log.jsonl -o runs/abl_cpu/curves.png)
@@ -28,34 +29,52 @@ RUNS="full-s0 none-s0 full-s1 none-s1"  # variant-sSEED; seed 0 of both first, s
 mkdir -p "$RUNS_DIR" "$RESULTS"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
+paired() {
+  local seeds="" s kind
+  for s in 0 1; do
+    if [ -f "$RESULTS/ablation_cpu_full_s${s}_gb.json" ] && [ -f "$RESULTS/ablation_cpu_none_s${s}_gb.json" ]; then
+      seeds="$seeds $s"
+    fi
+  done
+  [ -n "$seeds" ] || return 0
+  for kind in val gb; do
+    # shellcheck disable=SC2046
+    "$PY" -m benchmarks.ablation_paired \
+      --fcfi $(for s in $seeds; do echo "$RESULTS/ablation_cpu_full_s${s}_$kind.json"; done) \
+      --base $(for s in $seeds; do echo "$RESULTS/ablation_cpu_none_s${s}_$kind.json"; done)
+  done > "$RESULTS/ablation_cpu_paired.jsonl"
+  cat "$RESULTS/ablation_cpu_paired.jsonl"
+}
+
 campaign() {
   set -euo pipefail
   for run in $RUNS; do
-    [ -f "$RUNS_DIR/$run/final.pth" ] && continue
-    # shellcheck disable=SC2086
-    "$PY" -m model.train --out "$RUNS_DIR/$run" --data-root "$DATA" --fcfi "${run%-s*}" --seed "${run#*-s}" \
-      --steps "$STEPS" --batch-size "$BATCH" --crop 256x256 --val-every 0 --ckpt-every 100 --threads 2 $EXTRA $VAL_ARGS
-  done
-  for run in $RUNS; do
     name="${run/-s/_s}"
-    # shellcheck disable=SC2086
-    "$PY" -m model.validation --checkpoint "$RUNS_DIR/$run/final.pth" --data-root "$DATA" --runtime openvino \
-      --threads 2 --curves "$RESULTS/ablation_cpu_${name}_val.json" $VAL_ARGS
-    # shellcheck disable=SC2086
-    "$PY" -m model.evaluate --checkpoint "$RUNS_DIR/$run/final.pth" --data-root "$DATA" $SCORE_ARGS --no-flip \
-      --runtime openvino --no-progress --json "$RESULTS/ablation_cpu_${name}_gb.json"
+    if [ ! -f "$RUNS_DIR/$run/final.pth" ]; then
+      # shellcheck disable=SC2086
+      "$PY" -m model.train --out "$RUNS_DIR/$run" --data-root "$DATA" --fcfi "${run%-s*}" --seed "${run#*-s}" \
+        --steps "$STEPS" --batch-size "$BATCH" --crop 256x256 --val-every 0 --ckpt-every 100 --threads 2 $EXTRA $VAL_ARGS
+    fi
+    # Each run is scored as soon as it is trained, so its figures can be committed in the session it ends in.
+    if [ ! -f "$RESULTS/ablation_cpu_${name}_val.json" ]; then
+      # shellcheck disable=SC2086
+      "$PY" -m model.validation --checkpoint "$RUNS_DIR/$run/final.pth" --data-root "$DATA" --runtime openvino \
+        --threads 2 --curves "$RESULTS/ablation_cpu_${name}_val.json" $VAL_ARGS
+    fi
+    if [ ! -f "$RESULTS/ablation_cpu_${name}_gb.json" ]; then
+      # shellcheck disable=SC2086
+      "$PY" -m model.evaluate --checkpoint "$RUNS_DIR/$run/final.pth" --data-root "$DATA" $SCORE_ARGS --no-flip \
+        --runtime openvino --no-progress --json "$RESULTS/ablation_cpu_${name}_gb.json"
+    fi
+    # A baseline run completes a pair: the paired bootstrap over the seeds whose two variants are both scored.
+    case "$run" in none-*) paired ;; esac
   done
-  for kind in val gb; do
-    "$PY" -m benchmarks.ablation_paired --fcfi "$RESULTS"/ablation_cpu_full_s{0,1}_$kind.json \
-      --base "$RESULTS"/ablation_cpu_none_s{0,1}_$kind.json
-  done > "$RESULTS/ablation_cpu_paired.jsonl"
-  cat "$RESULTS/ablation_cpu_paired.jsonl"
 }
 
 if [ "${FOREGROUND:-0}" = 1 ]; then
   campaign
 else
-  export -f campaign
+  export -f campaign paired
   export PY DATA STEPS BATCH RUNS_DIR RESULTS SCORE_ARGS EXTRA VAL_ARGS RUNS
   nohup bash -c campaign >> runs/abl_cpu.log 2>&1 &
   echo "ablation in the background (pid $!); log runs/abl_cpu.log"
