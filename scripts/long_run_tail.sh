@@ -8,7 +8,7 @@
 # Usage: bash scripts/long_run_tail.sh [STEPS] [DATA_ROOT]   (background; log: runs/long_tail.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS="${1:-3600}"
+STEPS="${1:-4000}"
 DATA="${2:-../shared/data}"
 PY="${PYTHON:-.venv/bin/python}"
 mkdir -p runs
