@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The ablation of issue 13 on this 2-core CPU, for when no GPU is lent (scripts/device_run.sh does it in one GPU
 # call): full FCFI and the paper's baseline (--fcfi none: the previous mask only as an input channel), seeds 0 and 1,
-# recipe v2 at batch 8 with 256x256 crops, STEPS steps each. The default 8,800 x 8 = 70,400 samples is the GPU
-# script's budget, at least 3 hours of both cores per run (about 3.4 h at 1.4 s per step), so about 14 hours for
-# all four: the runs go one after another in the background, each resumes from its own checkpoint and a finished
+# recipe v2 at batch 8 with 256x256 crops, STEPS steps each. The default 17,600 x 8 = 140,800 samples is at least
+# 3 hours of both cores per run on the fastest 2-core machine measured (an AMD EPYC at 0.63 s per step: 3.1 h; a
+# Xeon at 1.3-1.4 s per step takes 6-7 h), twice the GPU script's 70,400. So 12 to 27 hours for all four, over
+# several sessions: the runs go one after another in the background, each resumes from its own checkpoint and a finished
 # one (final.pth) is skipped, so the same command continues in every session until all four are done.
 # Each run, once trained, is scored (Zoom-In on and flip off as in the GPU ablation, through OpenVINO) on the
 # validation split and on GrabCut + Berkeley, and the paired bootstrap of FCFI - baseline is redone over the seeds
@@ -18,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
 PY="${PYTHON:-.venv/bin/python}"
-STEPS="${STEPS:-8800}"
+STEPS="${STEPS:-17600}"
 BATCH="${BATCH:-8}"
 RUNS_DIR="${RUNS_DIR:-runs/abl_cpu}"
 RESULTS="${RESULTS:-benchmarks/results}"
