@@ -4,8 +4,8 @@
 # recipe v2 at batch 8 with 256x256 crops, STEPS steps each. The default 17,600 x 8 = 140,800 samples is at least
 # 3 hours of both cores per run on the fastest 2-core machine measured (an AMD EPYC at 0.63 s per step: 3.1 h; a
 # Xeon at 1.3-1.4 s per step takes 6-7 h), twice the GPU script's 70,400. So 12 to 27 hours for all four, over
-# several sessions: the runs go one after another in the background, each resumes from its own checkpoint and a finished
-# one (final.pth) is skipped, so the same command continues in every session until all four are done.
+# several sessions: the runs go one after another in the background, each resumes from its own checkpoint and a
+# finished one (final.pth) is skipped, so the same command continues in every session until all four are done.
 # Each run, once trained, is scored (Zoom-In on and flip off as in the GPU ablation, through OpenVINO) on the
 # validation split and on GrabCut + Berkeley, and the paired bootstrap of FCFI - baseline is redone over the seeds
 # whose two variants are both scored (seed 0 after the second run, both seeds after the fourth):
@@ -54,7 +54,8 @@ campaign() {
     if [ ! -f "$RUNS_DIR/$run/final.pth" ]; then
       # shellcheck disable=SC2086
       "$PY" -m model.train --out "$RUNS_DIR/$run" --data-root "$DATA" --fcfi "${run%-s*}" --seed "${run#*-s}" \
-        --steps "$STEPS" --batch-size "$BATCH" --crop 256x256 --val-every 0 --ckpt-every 100 --threads 2 $EXTRA $VAL_ARGS
+        --steps "$STEPS" --batch-size "$BATCH" --crop 256x256 --val-every 0 --ckpt-every 100 --threads 2 \
+        $EXTRA $VAL_ARGS
     fi
     # Each run is scored as soon as it is trained, so its figures can be committed in the session it ends in.
     if [ ! -f "$RESULTS/ablation_cpu_${name}_val.json" ]; then

@@ -5,7 +5,7 @@
 # baselines. Run it only for a snapshot that validated clearly better (README, Results); commit by hand.
 # Usage: bash scripts/ship_snapshot.sh CHECKPOINT NAME PREV_NAME "LABEL" "PREV_LABEL"
 #   e.g. bash scripts/ship_snapshot.sh runs/long_tail/step4000.pth tail4000 step14000 "shipped (tail)" "step 14,000"
-#   writes benchmarks/results/lite0_fcfi_NAME_{gb,davis}.json and miou_NAME.png (about 20 minutes on 2 cores)
+#   writes benchmarks/results/lite0_fcfi_NAME_{gb,davis}.json and miou_NAME.png (10 to 20 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CKPT="$1"; NAME="$2"; PREV="$3"; LABEL="$4"; PREV_LABEL="$5"
