@@ -12,6 +12,9 @@
 #   benchmarks/results/ablation_cpu_RUN_{val,gb}.json and ablation_cpu_paired.jsonl
 # Usage: bash scripts/ablation_cpu.sh [DATA_ROOT]   (log: runs/abl_cpu.log; hours per run:
 #   python -m model.plot_training runs/abl_cpu/*/log.jsonl -o runs/abl_cpu/curves.png)
+# A machine may come back without runs/, so before a session ends: bash scripts/ablation_cpu.sh pack, and commit
+# resume/abl_cpu/ (model.run_state: the unfinished run's resume state, about 38 MB; states of runs already scored
+# are removed). Every run is restored from there before it trains, unless its folder is already as far.
 # A dry run (about 7 minutes): FOREGROUND=1 STEPS=2 BATCH=2 RUNS_DIR=/tmp/abl RESULTS=/tmp/abl/results \
 #   EXTRA="--no-leak-check --warmup 1" VAL_ARGS="--val-fraction 0.02" SCORE_ARGS="--dataset GrabCut --every 25" \
 #   bash scripts/ablation_cpu.sh
@@ -23,12 +26,31 @@ STEPS="${STEPS:-17600}"
 BATCH="${BATCH:-8}"
 RUNS_DIR="${RUNS_DIR:-runs/abl_cpu}"
 RESULTS="${RESULTS:-benchmarks/results}"
+STATE_DIR="${STATE_DIR:-resume/abl_cpu}"  # committed resume states (model.run_state)
 SCORE_ARGS="${SCORE_ARGS:---dataset GrabCut --dataset Berkeley}"
 EXTRA="${EXTRA:-}"          # more model.train flags
 VAL_ARGS="${VAL_ARGS:-}"    # flags of both model.train and model.validation (the split must match)
 RUNS="full-s0 none-s0 full-s1 none-s1"  # variant-sSEED; seed 0 of both first, so a partial campaign still pairs
 mkdir -p "$RUNS_DIR" "$RESULTS"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+scored() { [ -f "$RESULTS/ablation_cpu_${1/-s/_s}_val.json" ] && [ -f "$RESULTS/ablation_cpu_${1/-s/_s}_gb.json" ]; }
+
+if [ "${1:-}" = pack ]; then
+  # The first run not yet scored is the one in progress: pack it (the training is paused meanwhile, so its
+  # checkpoint files agree); drop the states of runs that are scored, which nothing needs any more.
+  mkdir -p "$STATE_DIR"
+  for run in $RUNS; do
+    if scored "$run"; then rm -f "$STATE_DIR/$run.pt"; continue; fi
+    [ -f "$RUNS_DIR/$run/train_state.pth" ] || break
+    pid="$(pgrep -f -- "--out $RUNS_DIR/$run " || true)"
+    [ -z "$pid" ] || kill -STOP $pid
+    "$PY" -m model.run_state pack "$RUNS_DIR/$run" "$STATE_DIR/$run.pt" || status=$?
+    [ -z "$pid" ] || kill -CONT $pid
+    exit "${status:-0}"
+  done
+  exit 0
+fi
 
 paired() {
   local seeds="" s kind
@@ -51,6 +73,10 @@ campaign() {
   set -euo pipefail
   for run in $RUNS; do
     name="${run/-s/_s}"
+    scored "$run" && continue  # its figures are in; its folder is not needed (and may be gone)
+    if [ -f "$STATE_DIR/$run.pt" ]; then
+      "$PY" -m model.run_state unpack "$STATE_DIR/$run.pt" "$RUNS_DIR/$run"
+    fi
     if [ ! -f "$RUNS_DIR/$run/final.pth" ]; then
       # shellcheck disable=SC2086
       "$PY" -m model.train --out "$RUNS_DIR/$run" --data-root "$DATA" --fcfi "${run%-s*}" --seed "${run#*-s}" \
@@ -76,8 +102,8 @@ campaign() {
 if [ "${FOREGROUND:-0}" = 1 ]; then
   campaign
 else
-  export -f campaign paired
-  export PY DATA STEPS BATCH RUNS_DIR RESULTS SCORE_ARGS EXTRA VAL_ARGS RUNS
+  export -f campaign paired scored
+  export PY DATA STEPS BATCH RUNS_DIR RESULTS STATE_DIR SCORE_ARGS EXTRA VAL_ARGS RUNS
   nohup bash -c campaign >> runs/abl_cpu.log 2>&1 &
   echo "ablation in the background (pid $!); log runs/abl_cpu.log"
 fi

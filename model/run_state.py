@@ -1,0 +1,181 @@
+"""Pack a training run's resume state into one compact file that can be committed, and unpack it again.
+
+Why: a session's machine may come back bare (no ``runs/``), and a run that needs more hours than a session has
+(the CPU ablation's runs need 3 to 7 hours each) would then start again from step 0 every time. Committing the
+whole run folder is too big, so only what :mod:`model.train` needs to resume goes into one ``torch.save`` file:
+
+* ``last.pth`` and ``ema.pth`` (and ``final.pth``, if the run has ended) byte for byte: weights stay fp32, so
+  the resumed run continues from exactly the weights it stopped at; identical files are stored once (a finished
+  run's ``final.pth`` is its ``ema.pth``);
+* ``train_state.pth`` with the optimizer's per-parameter moment tensors cast to bf16 (halves the largest part; the
+  moments only scale the steps, and bf16 keeps their range, so the resumed steps differ by under 1%);
+* the run's small text files (``log.jsonl``, ``commands.txt``, ``args.json``, ``data_list.json``) gzipped.
+
+For the lite0 FCFI network this is about 38 MB against 50 MB for the folder's files.
+
+Usage::
+
+    python -m model.run_state pack runs/abl_cpu/full-s0 resume/abl_cpu/full-s0.pt
+    python -m model.run_state unpack resume/abl_cpu/full-s0.pt runs/abl_cpu/full-s0
+
+``unpack`` never moves a run backwards: if the folder already holds a checkpoint at or after the packed step,
+it leaves the folder as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "fcfi-run-state/1"
+WEIGHT_FILES = ("last.pth", "ema.pth", "final.pth")  # stored byte for byte when present
+TEXT_FILES = ("log.jsonl", "commands.txt", "args.json", "data_list.json")  # gzipped when present
+STATE_FILE = "train_state.pth"
+
+
+class RunStateError(ValueError):
+    """A run folder that cannot be packed, or a file that is not a packed run state."""
+
+
+def _load(data: bytes | Path) -> Any:
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    return torch.load(source, map_location="cpu", weights_only=True)
+
+
+def _step_of(path: Path) -> int:
+    return int(_load(path).get("meta", {}).get("step", -1))
+
+
+def run_step(run_dir: str | os.PathLike) -> int:
+    """The step a run folder would resume at (``train_state.pth``), or -1 when it has none."""
+    path = Path(run_dir) / STATE_FILE
+    return int(_load(path)["step"]) if path.exists() else -1
+
+
+def _cast_moments(optimizer: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    """The optimizer state dict with every per-parameter tensor of more than one element cast to ``dtype``
+    (Adam's ``exp_avg`` and ``exp_avg_sq``; its scalar ``step`` counters stay as they are)."""
+    state = {idx: {k: (v.to(dtype) if torch.is_tensor(v) and v.numel() > 1 else v) for k, v in s.items()}
+             for idx, s in optimizer["state"].items()}
+    return {**optimizer, "state": state}
+
+
+def _tensor(data: bytes) -> torch.Tensor:
+    # Bytes travel as uint8 tensors: torch.save pickles a bytes object with protocol 2, which inflates it by half.
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.numpy().tobytes()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        Path(tmp).write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def pack(run_dir: str | os.PathLike, dest: str | os.PathLike) -> dict[str, Any]:
+    """Write the resume state of ``run_dir`` to ``dest`` (atomically).
+
+    The folder's checkpoint files must agree on the step: ``model.train`` writes them one after another, so a
+    folder read while a checkpoint is being written is refused (:class:`RunStateError`) rather than packed mixed;
+    pause the run (``kill -STOP``) or try again.
+
+    Returns:
+        ``{"step": int, "files": [names], "bytes": int}`` describing what was written.
+    """
+    run = Path(run_dir)
+    if not (run / STATE_FILE).exists() or not (run / "last.pth").exists():
+        raise RunStateError(f"{run} has no checkpoint to pack (needs {STATE_FILE} and last.pth)")
+    state = _load(run / STATE_FILE)
+    step = int(state["step"])
+    for name in ("last.pth", "ema.pth"):
+        if (run / name).exists() and _step_of(run / name) != step:
+            raise RunStateError(f"{run / name} is at step {_step_of(run / name)} but {STATE_FILE} at {step}: "
+                                "a checkpoint is being written; pause the run or try again")
+    blobs: dict[str, torch.Tensor] = {}
+    files: dict[str, str] = {}
+    for name in WEIGHT_FILES:
+        if (run / name).exists():
+            data = (run / name).read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            if digest not in blobs:
+                blobs[digest] = _tensor(data)
+            files[name] = digest
+    texts = {name: _tensor(gzip.compress((run / name).read_bytes())) for name in TEXT_FILES if (run / name).exists()}
+    payload = {"format": FORMAT, "step": step, "files": files, "blobs": blobs, "texts": texts,
+               "train_state": {**state, "optimizer": _cast_moments(state["optimizer"], torch.bfloat16)}}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    _write_atomic(Path(dest), buf.getvalue())
+    return {"step": step, "files": sorted([*files, *texts, STATE_FILE]), "bytes": buf.tell()}
+
+
+def unpack(src: str | os.PathLike, run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Restore a packed resume state into ``run_dir`` unless the folder is already at or past its step.
+
+    Returns:
+        ``{"step": packed step, "restored": bool, "folder_step": the folder's step before}``.
+    """
+    try:
+        payload = _load(Path(src))
+    except Exception as exc:  # a truncated or foreign file must say what it is, not show a pickle trace
+        raise RunStateError(f"{src} is not a packed run state: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise RunStateError(f"{src} is not a packed run state (format {FORMAT!r} expected)")
+    run = Path(run_dir)
+    before = run_step(run)
+    step = int(payload["step"])
+    if before >= step:
+        return {"step": step, "restored": False, "folder_step": before}
+    for name, digest in payload["files"].items():
+        _write_atomic(run / name, _bytes(payload["blobs"][digest]))
+    for name, data in payload["texts"].items():
+        _write_atomic(run / name, gzip.decompress(_bytes(data)))
+    state = payload["train_state"]
+    buf = io.BytesIO()
+    torch.save({**state, "optimizer": _cast_moments(state["optimizer"], torch.float32)}, buf)
+    # train_state.pth last: it is what marks the folder as resumable at this step.
+    _write_atomic(run / STATE_FILE, buf.getvalue())
+    return {"step": step, "restored": True, "folder_step": before}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="write RUN_DIR's resume state to DEST")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("dest", type=Path)
+    u = sub.add_parser("unpack", help="restore SRC into RUN_DIR unless the folder is already as far")
+    u.add_argument("src", type=Path)
+    u.add_argument("run_dir", type=Path)
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "pack":
+            info = pack(args.run_dir, args.dest)
+            print(f"packed {args.run_dir} at step {info['step']} into {args.dest} ({info['bytes'] / 1e6:.1f} MB)")
+        else:
+            info = unpack(args.src, args.run_dir)
+            verb = "restored" if info["restored"] else f"kept (already at step {info['folder_step']})"
+            print(f"{args.run_dir}: {verb}; packed step {info['step']}")
+    except RunStateError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""A run's resume state packed into one file, unpacked on a bare machine, and the run resumed from it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from support import make_data_root
+
+from model import load_checkpoint
+from model.run_state import RunStateError, main, pack, run_step, unpack
+from model.train import main as train_main
+
+
+def _args(out: Path, data: Path) -> list[str]:
+    return ["--out", str(out), "--data-root", str(data), "--datasets", "COCO_MVal", "--batch-size", "2",
+            "--crop", "64x64", "--ckpt-every", "2", "--val-every", "0", "--warmup", "1", "--threads", "1",
+            "--max-next-clicks", "1", "--steps", "4"]
+
+
+def test_a_packed_run_resumes_on_a_bare_folder_as_the_original_does(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_data_root(data)
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_main(_args(a, data) + ["--stop-at", "2"])
+    info = pack(a, tmp_path / "state.pt")
+    assert info["step"] == 2 and {"last.pth", "ema.pth", "train_state.pth", "log.jsonl"} <= set(info["files"])
+    folder = sum(p.stat().st_size for p in a.iterdir())
+    assert info["bytes"] < folder  # bf16 moments and gzipped text: smaller than the folder it came from
+
+    restored = unpack(tmp_path / "state.pt", b)
+    assert restored == {"step": 2, "restored": True, "folder_step": -1} and run_step(b) == 2
+    assert (a / "last.pth").read_bytes() == (b / "last.pth").read_bytes()  # weights byte for byte
+    assert (a / "log.jsonl").read_text() == (b / "log.jsonl").read_text()
+    moments_a = torch.load(a / "train_state.pth", weights_only=True)["optimizer"]["state"]
+    moments_b = torch.load(b / "train_state.pth", weights_only=True)["optimizer"]["state"]
+    for idx, s in moments_a.items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert moments_b[idx][key].dtype == torch.float32
+            torch.testing.assert_close(moments_b[idx][key], s[key], rtol=2 ** -7, atol=0)
+        assert torch.equal(moments_b[idx]["step"], s["step"])
+
+    at_step2 = torch.load(a / "last.pth", weights_only=True)["state_dict"]
+    train_main(_args(a, data))
+    train_main(_args(b, data))
+    log_b = [json.loads(line) for line in (b / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_b if "loss" in r] == [0, 1, 2, 3]
+    last_a = torch.load(a / "last.pth", weights_only=True)["state_dict"]
+    last_b = torch.load(b / "last.pth", weights_only=True)["state_dict"]
+    assert load_checkpoint(b / "final.pth").checkpoint_meta["step"] == 4
+    # The two resumed steps move the weights as the original's do, to within 1% of how far they moved them.
+    keys = [k for k, v in last_a.items() if v.is_floating_point()]
+    moved = torch.cat([(last_a[k] - at_step2[k]).flatten() for k in keys]).norm()
+    apart = torch.cat([(last_b[k] - last_a[k]).flatten() for k in keys]).norm()
+    assert moved > 0 and apart < 0.01 * moved, (float(apart), float(moved))
+
+    # A finished run: final.pth is its ema.pth, stored once, and comes back under both names.
+    info = pack(b, tmp_path / "done.pt")
+    assert "final.pth" in info["files"]
+    c = tmp_path / "c"
+    unpack(tmp_path / "done.pt", c)
+    assert (c / "final.pth").read_bytes() == (b / "final.pth").read_bytes() == (c / "ema.pth").read_bytes()
+
+
+def test_unpack_never_moves_a_run_backwards(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_data_root(data)
+    run = tmp_path / "run"
+    train_main(_args(run, data) + ["--stop-at", "2"])
+    pack(run, tmp_path / "state.pt")
+    train_main(_args(run, data))  # the folder goes on to step 4
+    last = (run / "last.pth").read_bytes()
+    assert unpack(tmp_path / "state.pt", run) == {"step": 2, "restored": False, "folder_step": 4}
+    assert (run / "last.pth").read_bytes() == last and run_step(run) == 4
+
+
+def test_a_folder_mid_checkpoint_and_foreign_files_are_refused(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    make_data_root(data)
+    run = tmp_path / "run"
+    with pytest.raises(RunStateError, match="no checkpoint"):
+        pack(run, tmp_path / "x.pt")
+    train_main(_args(run, data) + ["--stop-at", "2"])
+    half = tmp_path / "half"
+    shutil.copytree(run, half)
+    train_main(_args(run, data))
+    shutil.copy(run / "last.pth", half / "last.pth")  # last.pth written at step 4, train_state still at 2
+    with pytest.raises(RunStateError, match="being written"):
+        pack(half, tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+
+    (tmp_path / "foreign.pt").write_bytes(b"not a torch file")
+    with pytest.raises(SystemExit, match="not a packed run state"):
+        main(["unpack", str(tmp_path / "foreign.pt"), str(tmp_path / "new")])
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(RunStateError, match="format"):
+        unpack(tmp_path / "other.pt", tmp_path / "new")
+    assert not (tmp_path / "new").exists()  # nothing written for a refused file
+
+    main(["pack", str(run), str(tmp_path / "ok.pt")])
+    assert "at step 4" in capsys.readouterr().out
