@@ -131,8 +131,14 @@ def save_checkpoint(net: nn.Module, path: str | os.PathLike, meta: dict[str, Any
         meta: optional builtins stored under ``meta`` (training command, data, scores ...).
     """
     path = Path(path)
+    write_atomic(path, checkpoint_bytes(net, meta))
+    return path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so a reader (or a run killed mid-write)
+    never sees half a file; creates the parent folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = checkpoint_bytes(net, meta)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
@@ -141,7 +147,6 @@ def save_checkpoint(net: nn.Module, path: str | os.PathLike, meta: dict[str, Any
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
 
 
 def _values(config: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,8 @@ whole run folder is too big, so only what :mod:`model.train` needs to resume goe
   the resumed run continues from exactly the weights it stopped at; identical files are stored once (a finished
   run's ``final.pth`` is its ``ema.pth``);
 * ``train_state.pth`` with the optimizer's per-parameter moment tensors cast to bf16 (halves the largest part; the
-  moments only scale the steps, and bf16 keeps their range, so the resumed steps differ by under 1%);
+  moments only scale the steps and bf16 keeps their range: in ``tests/test_run_state.py`` two resumed steps land
+  2e-5 of their length away from the original run's);
 * the run's small text files (``log.jsonl``, ``commands.txt``, ``args.json``, ``data_list.json``) gzipped.
 
 For the lite0 FCFI network this is about 38 MB against 50 MB for the folder's files.
@@ -29,11 +30,12 @@ import gzip
 import hashlib
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .checkpoint import write_atomic
 
 FORMAT = "fcfi-run-state/1"
 WEIGHT_FILES = ("last.pth", "ema.pth", "final.pth")  # stored byte for byte when present
@@ -77,18 +79,6 @@ def _bytes(t: torch.Tensor) -> bytes:
     return t.numpy().tobytes()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        Path(tmp).write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def pack(run_dir: str | os.PathLike, dest: str | os.PathLike) -> dict[str, Any]:
     """Write the resume state of ``run_dir`` to ``dest`` (atomically).
 
@@ -122,7 +112,7 @@ def pack(run_dir: str | os.PathLike, dest: str | os.PathLike) -> dict[str, Any]:
                "train_state": {**state, "optimizer": _cast_moments(state["optimizer"], torch.bfloat16)}}
     buf = io.BytesIO()
     torch.save(payload, buf)
-    _write_atomic(Path(dest), buf.getvalue())
+    write_atomic(Path(dest), buf.getvalue())
     return {"step": step, "files": sorted([*files, *texts, STATE_FILE]), "bytes": buf.tell()}
 
 
@@ -144,14 +134,14 @@ def unpack(src: str | os.PathLike, run_dir: str | os.PathLike) -> dict[str, Any]
     if before >= step:
         return {"step": step, "restored": False, "folder_step": before}
     for name, digest in payload["files"].items():
-        _write_atomic(run / name, _bytes(payload["blobs"][digest]))
+        write_atomic(run / name, _bytes(payload["blobs"][digest]))
     for name, data in payload["texts"].items():
-        _write_atomic(run / name, gzip.decompress(_bytes(data)))
+        write_atomic(run / name, gzip.decompress(_bytes(data)))
     state = payload["train_state"]
     buf = io.BytesIO()
     torch.save({**state, "optimizer": _cast_moments(state["optimizer"], torch.float32)}, buf)
     # train_state.pth last: it is what marks the folder as resumable at this step.
-    _write_atomic(run / STATE_FILE, buf.getvalue())
+    write_atomic(run / STATE_FILE, buf.getvalue())
     return {"step": step, "restored": True, "folder_step": before}
 
 
