@@ -41,6 +41,18 @@ def test_dockerfile_builds_cpu_by_default_cuda_by_argument_and_runs_gunicorn_thr
     assert re.search(r"^app = create_app\(\)", wsgi, re.M)
 
 
+def test_dockerignore_keeps_the_heavy_folders_out_and_every_copy_source_in() -> None:
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    for heavy in (".venv", "runs", "resume", ".git", "device_pack"):  # GBs of packages, run folders, states
+        assert heavy in patterns, heavy
+    copied = [src for op, rest in dockerfile() if op == "COPY" for src in rest.split()[:-1]]
+    assert "model/" in copied
+    for src in copied:  # a top-level pattern that matched a COPY source would break the build
+        assert src.rstrip("/").split("/")[0] not in patterns, src
+    assert not any(p.startswith("model") or p.startswith("backend") for p in patterns)
+
+
 def test_compose_has_label_studio_backend_and_model_volume() -> None:
     compose = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
     services = compose["services"]
