@@ -11,6 +11,10 @@ The device tool sends the working tree plus named folders, 64 MiB in all, and th
   with the backbone's tensors only (the classifier is never loaded) in float16. ``load_state_dict`` copies
   them into the float32 parameters.
 
+It prints the total the device call would carry (this folder plus the working tree's files that git does not
+ignore) and what to move aside when that passes 64 MiB: ``resume/`` holds committed resume states of the CPU
+ablation (38 MB each) that a GPU call does not need (``mv resume /tmp/`` for the call, back after it).
+
 Usage: python scripts/pack_device_data.py [--data-root ../shared/data] [--out device_pack] [--max-side 352]
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -93,6 +98,18 @@ def folder_mib(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
+def tree_mib(root: Path) -> dict[str, float]:
+    """MiB per top-level entry of the files the device tool copies: tracked and untracked, not ignored."""
+    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    sizes: dict[str, float] = {}
+    for name in filter(None, names):
+        if (root / name).is_file():
+            top = name.split("/")[0]
+            sizes[top] = sizes.get(top, 0.0) + (root / name).stat().st_size / 2**20
+    return sizes
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", type=Path, default=Path("../shared/data"))
@@ -106,6 +123,13 @@ def main() -> None:
     pack_imagenet(args.out / "site")
     print(f"{n} images, data {folder_mib(args.out / 'data'):.1f} MiB, weights {folder_mib(args.out / 'site'):.1f} MiB"
           f" -> {args.out}")
+    tree = tree_mib(Path(__file__).resolve().parents[1])
+    total = sum(tree.values()) + folder_mib(args.out)
+    print(f"the device call carries {total:.1f} MiB (limit 64)")
+    if total > 64:
+        big = ", ".join(f"{k} {v:.1f}" for k, v in sorted(tree.items(), key=lambda kv: -kv[1])[:3])
+        print(f"over the limit: move aside what the GPU run does not need (largest: {big} MiB; resume/ is "
+              "the CPU ablation's state)")
 
 
 if __name__ == "__main__":
