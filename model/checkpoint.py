@@ -143,6 +143,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.close(fd)
     try:
         Path(tmp).write_bytes(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a checkpoint is read by other users and containers
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

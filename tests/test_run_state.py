@@ -34,6 +34,7 @@ def test_a_packed_run_resumes_on_a_bare_folder_as_the_original_does(tmp_path: Pa
     restored = unpack(tmp_path / "state.pt", b)
     assert restored == {"step": 2, "restored": True, "folder_step": -1} and run_step(b) == 2
     assert (a / "last.pth").read_bytes() == (b / "last.pth").read_bytes()  # weights byte for byte
+    assert (b / "last.pth").stat().st_mode & 0o777 == 0o644
     assert (a / "log.jsonl").read_text() == (b / "log.jsonl").read_text()
     moments_a = torch.load(a / "train_state.pth", weights_only=True)["optimizer"]["state"]
     moments_b = torch.load(b / "train_state.pth", weights_only=True)["optimizer"]["state"]
