@@ -1,23 +1,25 @@
-"""Pack a training run's resume state into one compact file that can be committed, and unpack it again.
+"""Pack a training run's resume state into a compact folder that can be committed, and unpack it again.
 
 Why: a session's machine may come back bare (no ``runs/``), and a run that needs more hours than a session has
 (the CPU ablation's runs need 3 to 7 hours each) would then start again from step 0 every time. Committing the
-whole run folder is too big, so only what :mod:`model.train` needs to resume goes into one ``torch.save`` file:
+whole run folder is too big, so only what :mod:`model.train` needs to resume goes into the packed folder,
+each file under the project's 25 MB limit for a tracked file:
 
 * ``last.pth`` and ``ema.pth`` (and ``final.pth``, if the run has ended) byte for byte: weights stay fp32, so
-  the resumed run continues from exactly the weights it stopped at; identical files are stored once (a finished
-  run's ``final.pth`` is its ``ema.pth``);
+  the resumed run continues from exactly the weights it stopped at; a finished run's ``final.pth`` is its
+  ``ema.pth`` and is not stored twice;
 * ``train_state.pth`` with the optimizer's per-parameter moment tensors cast to bf16 (halves the largest part; the
   moments only scale the steps and bf16 keeps their range: in ``tests/test_run_state.py`` two resumed steps land
   2e-5 of their length away from the original run's);
-* the run's small text files (``log.jsonl``, ``commands.txt``, ``args.json``, ``data_list.json``) gzipped.
+* the run's small text files (``log.jsonl``, ``commands.txt``, ``args.json``, ``data_list.json``) gzipped;
+  these and the optimizer state go into ``state.pt``.
 
-For the lite0 FCFI network this is about 38 MB against 50 MB for the folder's files.
+For the lite0 FCFI network this is about 38 MB (three files of 12.3-12.6 MB) against 50 MB for the run's files.
 
 Usage::
 
-    python -m model.run_state pack runs/abl_cpu/full-s0 resume/abl_cpu/full-s0.pt
-    python -m model.run_state unpack resume/abl_cpu/full-s0.pt runs/abl_cpu/full-s0
+    python -m model.run_state pack runs/abl_cpu/full-s0 resume/abl_cpu/full-s0
+    python -m model.run_state unpack resume/abl_cpu/full-s0 runs/abl_cpu/full-s0
 
 ``unpack`` never moves a run backwards: if the folder already holds a checkpoint at or after the packed step,
 it leaves the folder as it is.
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import io
 import os
 from pathlib import Path
@@ -37,8 +38,9 @@ import torch
 
 from .checkpoint import write_atomic
 
-FORMAT = "fcfi-run-state/1"
-WEIGHT_FILES = ("last.pth", "ema.pth", "final.pth")  # stored byte for byte when present
+FORMAT = "fcfi-run-state/2"
+PACKED_STATE = "state.pt"  # in a packed folder, beside the weight files
+WEIGHT_FILES = ("last.pth", "ema.pth", "final.pth")  # copied byte for byte when present
 TEXT_FILES = ("log.jsonl", "commands.txt", "args.json", "data_list.json")  # gzipped when present
 STATE_FILE = "train_state.pth"
 
@@ -80,16 +82,21 @@ def _bytes(t: torch.Tensor) -> bytes:
 
 
 def pack(run_dir: str | os.PathLike, dest: str | os.PathLike) -> dict[str, Any]:
-    """Write the resume state of ``run_dir`` to ``dest`` (atomically).
+    """Write the resume state of ``run_dir`` into the folder ``dest``.
+
+    ``dest`` gets ``last.pth`` and ``ema.pth`` as they are (12.6 MB each for lite0), ``final.pth`` only when it
+    differs from ``ema.pth`` (a finished run's is the same file), and ``state.pt`` (written last): the step, the
+    optimizer state with bf16 moments and the gzipped text files. Separate files keep each one under the
+    project's 25 MB limit for a tracked file.
 
     The folder's checkpoint files must agree on the step: ``model.train`` writes them one after another, so a
     folder read while a checkpoint is being written is refused (:class:`RunStateError`) rather than packed mixed;
     pause the run (``kill -STOP``) or try again.
 
     Returns:
-        ``{"step": int, "files": [names], "bytes": int}`` describing what was written.
+        ``{"step": int, "files": [names in dest], "bytes": int}`` describing what was written.
     """
-    run = Path(run_dir)
+    run, dest = Path(run_dir), Path(dest)
     if not (run / STATE_FILE).exists() or not (run / "last.pth").exists():
         raise RunStateError(f"{run} has no checkpoint to pack (needs {STATE_FILE} and last.pth)")
     state = _load(run / STATE_FILE)
@@ -98,43 +105,51 @@ def pack(run_dir: str | os.PathLike, dest: str | os.PathLike) -> dict[str, Any]:
         if (run / name).exists() and _step_of(run / name) != step:
             raise RunStateError(f"{run / name} is at step {_step_of(run / name)} but {STATE_FILE} at {step}: "
                                 "a checkpoint is being written; pause the run or try again")
-    blobs: dict[str, torch.Tensor] = {}
-    files: dict[str, str] = {}
+    data = {name: (run / name).read_bytes() for name in WEIGHT_FILES if (run / name).exists()}
+    final_is_ema = "final.pth" in data and data["final.pth"] == data.get("ema.pth")
+    if final_is_ema:
+        del data["final.pth"]
     for name in WEIGHT_FILES:
-        if (run / name).exists():
-            data = (run / name).read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
-            if digest not in blobs:
-                blobs[digest] = _tensor(data)
-            files[name] = digest
+        if name in data:
+            write_atomic(dest / name, data[name])
+        else:  # a file of an earlier pack that this run no longer has must not come back with it
+            (dest / name).unlink(missing_ok=True)
     texts = {name: _tensor(gzip.compress((run / name).read_bytes())) for name in TEXT_FILES if (run / name).exists()}
-    payload = {"format": FORMAT, "step": step, "files": files, "blobs": blobs, "texts": texts,
+    payload = {"format": FORMAT, "step": step, "final_is_ema": final_is_ema, "texts": texts,
                "train_state": {**state, "optimizer": _cast_moments(state["optimizer"], torch.bfloat16)}}
     buf = io.BytesIO()
     torch.save(payload, buf)
-    write_atomic(Path(dest), buf.getvalue())
-    return {"step": step, "files": sorted([*files, *texts, STATE_FILE]), "bytes": buf.tell()}
+    write_atomic(dest / PACKED_STATE, buf.getvalue())  # last: it names the step the weights beside it are at
+    files = sorted([*data, PACKED_STATE])
+    return {"step": step, "files": files, "bytes": sum((dest / f).stat().st_size for f in files)}
 
 
 def unpack(src: str | os.PathLike, run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Restore a packed resume state into ``run_dir`` unless the folder is already at or past its step.
+    """Restore the packed resume state in folder ``src`` into ``run_dir`` unless the run folder is already at or
+    past its step.
 
     Returns:
         ``{"step": packed step, "restored": bool, "folder_step": the folder's step before}``.
     """
+    src = Path(src)
     try:
-        payload = _load(Path(src))
-    except Exception as exc:  # a truncated or foreign file must say what it is, not show a pickle trace
+        payload = _load(src / PACKED_STATE)
+    except Exception as exc:  # a missing, truncated or foreign file must say what it is, not show a pickle trace
         raise RunStateError(f"{src} is not a packed run state: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise RunStateError(f"{src} is not a packed run state (format {FORMAT!r} expected)")
+    step = int(payload["step"])
+    if not (src / "last.pth").exists() or _step_of(src / "last.pth") != step:
+        raise RunStateError(f"{src}: last.pth is not at the packed step {step} (a pack was interrupted)")
     run = Path(run_dir)
     before = run_step(run)
-    step = int(payload["step"])
     if before >= step:
         return {"step": step, "restored": False, "folder_step": before}
-    for name, digest in payload["files"].items():
-        write_atomic(run / name, _bytes(payload["blobs"][digest]))
+    for name in WEIGHT_FILES:
+        if (src / name).exists():
+            write_atomic(run / name, (src / name).read_bytes())
+    if payload["final_is_ema"]:
+        write_atomic(run / "final.pth", (src / "ema.pth").read_bytes())
     for name, data in payload["texts"].items():
         write_atomic(run / name, gzip.decompress(_bytes(data)))
     state = payload["train_state"]
@@ -148,10 +163,10 @@ def unpack(src: str | os.PathLike, run_dir: str | os.PathLike) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pack", help="write RUN_DIR's resume state to DEST")
+    p = sub.add_parser("pack", help="write RUN_DIR's resume state into the folder DEST")
     p.add_argument("run_dir", type=Path)
     p.add_argument("dest", type=Path)
-    u = sub.add_parser("unpack", help="restore SRC into RUN_DIR unless the folder is already as far")
+    u = sub.add_parser("unpack", help="restore the packed folder SRC into RUN_DIR unless it is already as far")
     u.add_argument("src", type=Path)
     u.add_argument("run_dir", type=Path)
     args = ap.parse_args(argv)

@@ -13,7 +13,7 @@
 # Usage: bash scripts/ablation_cpu.sh [DATA_ROOT]   (log: runs/abl_cpu.log; hours per run:
 #   python -m model.plot_training runs/abl_cpu/*/log.jsonl -o runs/abl_cpu/curves.png)
 # A machine may come back without runs/, so before a session ends: bash scripts/ablation_cpu.sh pack, and commit
-# resume/abl_cpu/ (model.run_state: the unfinished run's resume state, about 38 MB; states of runs already scored
+# resume/abl_cpu/ (model.run_state: the unfinished run's resume state, three files of about 12.5 MB; states of runs already scored
 # are removed). Every run is restored from there before it trains, unless its folder is already as far.
 # A dry run (about 7 minutes): FOREGROUND=1 STEPS=2 BATCH=2 RUNS_DIR=/tmp/abl RESULTS=/tmp/abl/results \
 #   EXTRA="--no-leak-check --warmup 1" VAL_ARGS="--val-fraction 0.02" SCORE_ARGS="--dataset GrabCut --every 25" \
@@ -41,11 +41,11 @@ if [ "${1:-}" = pack ]; then
   # checkpoint files agree); drop the states of runs that are scored, which nothing needs any more.
   mkdir -p "$STATE_DIR"
   for run in $RUNS; do
-    if scored "$run"; then rm -f "$STATE_DIR/$run.pt"; continue; fi
+    if scored "$run"; then rm -rf "${STATE_DIR:?}/$run"; continue; fi
     [ -f "$RUNS_DIR/$run/train_state.pth" ] || break
     pid="$(pgrep -f -- "--out $RUNS_DIR/$run " || true)"
     [ -z "$pid" ] || kill -STOP $pid
-    "$PY" -m model.run_state pack "$RUNS_DIR/$run" "$STATE_DIR/$run.pt" || status=$?
+    "$PY" -m model.run_state pack "$RUNS_DIR/$run" "$STATE_DIR/$run" || status=$?
     [ -z "$pid" ] || kill -CONT $pid
     exit "${status:-0}"
   done
@@ -74,8 +74,8 @@ campaign() {
   for run in $RUNS; do
     name="${run/-s/_s}"
     scored "$run" && continue  # its figures are in; its folder is not needed (and may be gone)
-    if [ -f "$STATE_DIR/$run.pt" ]; then
-      "$PY" -m model.run_state unpack "$STATE_DIR/$run.pt" "$RUNS_DIR/$run"
+    if [ -f "$STATE_DIR/$run/state.pt" ]; then
+      "$PY" -m model.run_state unpack "$STATE_DIR/$run" "$RUNS_DIR/$run"
     fi
     if [ ! -f "$RUNS_DIR/$run/final.pth" ]; then
       # shellcheck disable=SC2086

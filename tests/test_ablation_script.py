@@ -35,7 +35,7 @@ elif module == "model.evaluate":
 elif module == "model.run_state" and args[2] == "unpack":
     out = pathlib.Path(args[4]); out.mkdir(parents=True, exist_ok=True); (out / "train_state.pth").write_text("s")
 elif module == "model.run_state" and args[2] == "pack":
-    pathlib.Path(args[4]).write_text("packed " + args[3])
+    pathlib.Path(args[4]).mkdir(parents=True, exist_ok=True); (pathlib.Path(args[4]) / "state.pt").write_text("p")
 elif module == "benchmarks.ablation_paired":
     print(json.dumps({{"fcfi": args[args.index("--fcfi") + 1:args.index("--base")]}}))
 """
@@ -68,8 +68,8 @@ def _summary(calls: list[list[str]]) -> list[str]:
 
 def test_the_campaign_restores_trains_scores_and_pairs_in_order(tmp_path: Path) -> None:
     env, log = _setup(tmp_path)
-    (tmp_path / "state").mkdir()
-    (tmp_path / "state" / "full-s0.pt").write_text("x")  # a committed state of the first run
+    (tmp_path / "state" / "full-s0").mkdir(parents=True)
+    (tmp_path / "state" / "full-s0" / "state.pt").write_text("x")  # a committed state of the first run
     subprocess.run(["bash", str(SCRIPT)], env=env, check=True, capture_output=True)
     calls = _calls(log)
     modules = _summary(calls)
@@ -100,12 +100,13 @@ def test_pack_saves_only_the_run_in_progress_and_drops_scored_states(tmp_path: P
     state.mkdir()
     for kind in ("val", "gb"):
         (results / f"ablation_cpu_full_s0_{kind}.json").write_text("{}")
-    (state / "full-s0.pt").write_text("old")
+    (state / "full-s0").mkdir()
+    (state / "full-s0" / "state.pt").write_text("old")
     (runs / "none-s0").mkdir(parents=True)
     (runs / "none-s0" / "train_state.pth").write_text("s")
     subprocess.run(["bash", str(SCRIPT), "pack"], env=env, check=True, capture_output=True)
     assert _summary(_calls(log)) == ["model.run_state pack none-s0"]
-    assert sorted(p.name for p in state.iterdir()) == ["none-s0.pt"]
+    assert sorted(p.name for p in state.iterdir()) == ["none-s0"]
 
     # Nothing in progress (the next run has no checkpoint yet): nothing packed.
     (results / "ablation_cpu_none_s0_val.json").write_text("{}")

@@ -26,12 +26,13 @@ def test_a_packed_run_resumes_on_a_bare_folder_as_the_original_does(tmp_path: Pa
     make_data_root(data)
     a, b = tmp_path / "a", tmp_path / "b"
     train_main(_args(a, data) + ["--stop-at", "2"])
-    info = pack(a, tmp_path / "state.pt")
-    assert info["step"] == 2 and {"last.pth", "ema.pth", "train_state.pth", "log.jsonl"} <= set(info["files"])
+    info = pack(a, tmp_path / "state")
+    assert info["step"] == 2 and info["files"] == ["ema.pth", "last.pth", "state.pt"]
+    assert all((tmp_path / "state" / f).stat().st_size < 25e6 for f in info["files"])
     folder = sum(p.stat().st_size for p in a.iterdir())
     assert info["bytes"] < folder  # bf16 moments and gzipped text: smaller than the folder it came from
 
-    restored = unpack(tmp_path / "state.pt", b)
+    restored = unpack(tmp_path / "state", b)
     assert restored == {"step": 2, "restored": True, "folder_step": -1} and run_step(b) == 2
     assert (a / "last.pth").read_bytes() == (b / "last.pth").read_bytes()  # weights byte for byte
     assert (b / "last.pth").stat().st_mode & 0o777 == 0o644
@@ -59,10 +60,10 @@ def test_a_packed_run_resumes_on_a_bare_folder_as_the_original_does(tmp_path: Pa
     assert moved > 0 and apart < 0.01 * moved, (float(apart), float(moved))
 
     # A finished run: final.pth is its ema.pth, stored once, and comes back under both names.
-    info = pack(b, tmp_path / "done.pt")
-    assert "final.pth" in info["files"]
+    info = pack(b, tmp_path / "done")
+    assert "final.pth" not in info["files"]
     c = tmp_path / "c"
-    unpack(tmp_path / "done.pt", c)
+    unpack(tmp_path / "done", c)
     assert (c / "final.pth").read_bytes() == (b / "final.pth").read_bytes() == (c / "ema.pth").read_bytes()
 
 
@@ -71,10 +72,10 @@ def test_unpack_never_moves_a_run_backwards(tmp_path: Path) -> None:
     make_data_root(data)
     run = tmp_path / "run"
     train_main(_args(run, data) + ["--stop-at", "2"])
-    pack(run, tmp_path / "state.pt")
+    pack(run, tmp_path / "state")
     train_main(_args(run, data))  # the folder goes on to step 4
     last = (run / "last.pth").read_bytes()
-    assert unpack(tmp_path / "state.pt", run) == {"step": 2, "restored": False, "folder_step": 4}
+    assert unpack(tmp_path / "state", run) == {"step": 2, "restored": False, "folder_step": 4}
     assert (run / "last.pth").read_bytes() == last and run_step(run) == 4
 
 
@@ -83,23 +84,29 @@ def test_a_folder_mid_checkpoint_and_foreign_files_are_refused(tmp_path: Path, c
     make_data_root(data)
     run = tmp_path / "run"
     with pytest.raises(RunStateError, match="no checkpoint"):
-        pack(run, tmp_path / "x.pt")
+        pack(run, tmp_path / "x")
     train_main(_args(run, data) + ["--stop-at", "2"])
     half = tmp_path / "half"
     shutil.copytree(run, half)
     train_main(_args(run, data))
+    shutil.copy(half / "last.pth", tmp_path / "last2.pth")
     shutil.copy(run / "last.pth", half / "last.pth")  # last.pth written at step 4, train_state still at 2
     with pytest.raises(RunStateError, match="being written"):
-        pack(half, tmp_path / "x.pt")
-    assert not (tmp_path / "x.pt").exists()
+        pack(half, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
-    (tmp_path / "foreign.pt").write_bytes(b"not a torch file")
+    (tmp_path / "state.pt").write_bytes(b"not a torch file")
     with pytest.raises(SystemExit, match="not a packed run state"):
-        main(["unpack", str(tmp_path / "foreign.pt"), str(tmp_path / "new")])
-    torch.save({"format": "something else"}, tmp_path / "other.pt")
+        main(["unpack", str(tmp_path), str(tmp_path / "new")])
+    (tmp_path / "other").mkdir()
+    torch.save({"format": "something else"}, tmp_path / "other" / "state.pt")
     with pytest.raises(RunStateError, match="format"):
-        unpack(tmp_path / "other.pt", tmp_path / "new")
+        unpack(tmp_path / "other", tmp_path / "new")
     assert not (tmp_path / "new").exists()  # nothing written for a refused file
 
-    main(["pack", str(run), str(tmp_path / "ok.pt")])
+    main(["pack", str(run), str(tmp_path / "ok")])
     assert "at step 4" in capsys.readouterr().out
+    # A pack interrupted after the weights, before state.pt: refused, not restored mixed.
+    shutil.copy(tmp_path / "last2.pth", tmp_path / "ok" / "last.pth")
+    with pytest.raises(RunStateError, match="interrupted"):
+        unpack(tmp_path / "ok", tmp_path / "new")
