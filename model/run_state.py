@@ -14,7 +14,7 @@ each file under the project's 25 MB limit for a tracked file:
 * the run's small text files (``log.jsonl``, ``commands.txt``, ``args.json``, ``data_list.json``) gzipped;
   these and the optimizer state go into ``state.pt``.
 
-For the lite0 FCFI network this is about 38 MB (three files of 12.3-12.6 MB) against 50 MB for the run's files.
+For the lite0 FCFI network this is about 38 MB (three files of 12.6-12.9 MB) against 50 MB for the run's files.
 
 Usage::
 

@@ -13,7 +13,7 @@ The device tool sends the working tree plus named folders, 64 MiB in all, and th
 
 It prints the total the device call would carry (this folder plus the working tree's files that git does not
 ignore) and what to move aside when that passes 64 MiB: ``resume/`` holds committed resume states of the CPU
-ablation (38 MB each) that a GPU call does not need (``mv resume /tmp/`` for the call, back after it).
+ablation (about 38 MB per run) that a GPU call does not need (``mv resume /tmp/`` for the call, back after it).
 
 Usage: python scripts/pack_device_data.py [--data-root ../shared/data] [--out device_pack] [--max-side 352]
 """
