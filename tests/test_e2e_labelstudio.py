@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+import skimage.data
 import torch
 from PIL import Image
 
@@ -69,9 +70,7 @@ def scene() -> tuple[bytes, np.ndarray]:
     rgb = (rng.normal(40, 8, (H, W, 3)) + texture[..., None]).clip(0, 255).astype(np.uint8)
     obj = ((xx - CENTRE[0]) / AXES[0]) ** 2 + ((yy - CENTRE[1]) / AXES[1]) ** 2 <= 1
     rgb[obj] = (210, 190, 60)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue(), obj
+    return png_bytes(rgb), obj
 
 
 def keypoint(x: float, y: float, positive: bool, ident: str) -> dict[str, Any]:
@@ -432,14 +431,19 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VIEWPORT = {"width": 1400, "height": 900}
 SHOTS = os.environ.get("SCREENSHOT_DIR")  # set by scripts/screenshots.sh: the README's pictures are written there
+# The README's pictures: the served model on two CC0 photos that ship inside scikit-image (a coffee cup by Rachel
+# Michetti, Chelsea the cat by Stefan van der Walt), each a list of (x, y, positive) clicks in image pixels. The cup
+# takes a click on it and one on its handle; the cat a click on it and an Alt+click on the background at the lower
+# left, where the first mask spills over.
+PHOTO_CLICKS = {"coffee": [(300, 150, True), (222, 262, True)], "chelsea": [(150, 150, True), (12, 240, False)]}
 
 
-def mask_of(response: Any) -> np.ndarray:
-    """The brush mask of an ``interactive-annotating`` answer the browser received."""
+def mask_of(response: Any, height: int = H, width: int = W) -> np.ndarray:
+    """The ``height`` x ``width`` brush mask of an ``interactive-annotating`` answer the browser received."""
     body = response.json()
     assert "errors" not in body, body
     region = body["data"]["result"][0]
-    return decode_rle(region["value"]["rle"], H, W) > 0
+    return decode_rle(region["value"]["rle"], height, width) > 0
 
 
 def test_a_click_in_the_real_labeling_screen_gives_the_object_mask(stack: Stack, tmp_path: Path) -> None:
@@ -451,20 +455,20 @@ def test_a_click_in_the_real_labeling_screen_gives_the_object_mask(stack: Stack,
     t0 = time.monotonic()
     with logs_on_failure(stack):
         png, obj = scene()  # two tasks of their own: the other tests annotate the first one
-        for name in ("browser-1.png", "browser-2.png"):
-            r = stack.api("POST", f"/api/projects/{stack.ids['project']}/import",
-                          files={"file": (name, png, "image/png")})
-            assert r.status_code == 201, r.text
-        tasks = stack.api("GET", "/api/tasks", params={"project": stack.ids["project"]}).json()
-        task_ids = sorted(t["id"] for t in (tasks["tasks"] if isinstance(tasks, dict) else tasks))[-2:]
+        task_ids = import_tasks(stack, {"browser-1.png": png, "browser-2.png": png})
         shots = Path(SHOTS) if SHOTS else None
         if shots:
             shots.mkdir(parents=True, exist_ok=True)
+            photos = {name: getattr(skimage.data, name)() for name in PHOTO_CLICKS}
+            photo_ids = import_tasks(stack, {f"{name}.png": png_bytes(rgb) for name, rgb in photos.items()})
+            photo_tasks = dict(zip(photos, photo_ids, strict=True))
         with playwright.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport=VIEWPORT)
             try:
-                drive_labeling_screen(stack, page, task_ids, obj, shots)
+                drive_labeling_screen(stack, page, task_ids, obj)
+                if shots:
+                    photo_screenshots(stack, page, photo_tasks, photos, shots)
             except BaseException:
                 page.screenshot(path=str(tmp_path / "failure.png"))
                 print(f"the screen at the failure: {tmp_path / 'failure.png'}")
@@ -474,7 +478,7 @@ def test_a_click_in_the_real_labeling_screen_gives_the_object_mask(stack: Stack,
         print(f"real-browser test: {time.monotonic() - t0:.1f} s")
 
 
-def drive_labeling_screen(stack: Stack, page: Any, tasks: list[int], obj: np.ndarray, shots: Path | None) -> None:
+def drive_labeling_screen(stack: Stack, page: Any, tasks: list[int], obj: np.ndarray) -> None:
     """Log in; on the first task turn on the smart tool, click, accept, submit and check the stored mask; on the
     second a positive click and an Alt+click."""
     page.goto(stack.ls_url + "/user/login")
@@ -491,22 +495,11 @@ def drive_labeling_screen(stack: Stack, page: Any, tasks: list[int], obj: np.nda
     labels = page.locator(".lsf-label:visible")
     assert labels.count() == 2, "one label row: the brush labels are hidden"
     pick_smart_tool(page)
-    box = stage.bounding_box()
-    sx, sy = box["width"] / W, box["height"] / H
 
     def click(x: float, y: float, alt: bool = False) -> np.ndarray:
-        with page.expect_response(lambda r: "interactive-annotating" in r.url, timeout=60_000) as resp:
-            if alt:
-                page.keyboard.down("Alt")
-            page.mouse.click(box["x"] + x * sx, box["y"] + y * sy)
-            if alt:
-                page.keyboard.up("Alt")
-        page.wait_for_timeout(500)  # the mask is drawn after the answer arrives
-        return mask_of(resp.value)
+        return click_image(page, stage, (H, W), x, y, alt)
 
     first = click(POSITIVE[0] - 15, POSITIVE[1] - 15)
-    if shots:
-        page.screenshot(path=str(shots / "1-positive-click.png"))
     assert iou(first, obj) > 0.8, f"IoU {iou(first, obj):.3f} after the first click"
     page.get_by_test_id("bottombar-accept-suggestions-button").click()
     with page.expect_response(lambda r: "/annotations" in r.url and r.request.method == "POST"):
@@ -520,11 +513,8 @@ def drive_labeling_screen(stack: Stack, page: Any, tasks: list[int], obj: np.nda
     # The next task: a positive click, then an Alt+click inside the object removes a part of the mask.
     stage = open_task(stack, page, tasks[1])
     pick_smart_tool(page)
-    box = stage.bounding_box()
     before = click(POSITIVE[0] - 15, POSITIVE[1] + 15)
     after = click(POSITIVE[0] + 70, POSITIVE[1], alt=True)
-    if shots:
-        page.screenshot(path=str(shots / "2-alt-click.png"))
     # The Alt+click's pixel leaves the mask, and what leaves is a region around it, not a rim elsewhere.
     removed = before & ~after
     ys, xs = np.nonzero(removed)
@@ -534,6 +524,53 @@ def drive_labeling_screen(stack: Stack, page: Any, tasks: list[int], obj: np.nda
     assert (after & ~before).sum() < 0.01 * before.sum()  # a negative click adds nothing
     print(f"first-click IoU {iou(first, obj):.3f}, submitted {iou(submitted, obj):.3f}; Alt+click "
           f"{before.sum()} -> {after.sum()} px")
+
+
+def click_image(page: Any, stage: Any, size: tuple[int, int], x: float, y: float, alt: bool = False) -> np.ndarray:
+    """Click the image pixel (x, y) of a task whose image is ``size`` = (height, width) pixels, Alt held for a
+    negative click; returns the mask the backend answered, (height, width) bool."""
+    box = stage.bounding_box()
+    with page.expect_response(lambda r: "interactive-annotating" in r.url, timeout=60_000) as resp:
+        if alt:
+            page.keyboard.down("Alt")
+        page.mouse.click(box["x"] + x * box["width"] / size[1], box["y"] + y * box["height"] / size[0])
+        if alt:
+            page.keyboard.up("Alt")
+    page.wait_for_timeout(500)  # the mask is drawn after the answer arrives
+    return mask_of(resp.value, *size)
+
+
+def photo_screenshots(stack: Stack, page: Any, tasks: dict[str, int], photos: dict[str, np.ndarray],
+                      shots: Path) -> None:
+    """The README's pictures: :data:`PHOTO_CLICKS` on each photo's task, the screen saved after the cup's first
+    and second click (``1-first-click.png``, ``2-second-click.png``) and after the cat's Alt+click
+    (``3-alt-click.png``). Each positive click's pixel must end up in the answered mask, each Alt+click's out."""
+    names = {("coffee", 0): "1-first-click.png", ("coffee", 1): "2-second-click.png", ("chelsea", 1): "3-alt-click.png"}
+    for name, clicks in PHOTO_CLICKS.items():
+        stage = open_task(stack, page, tasks[name])
+        pick_smart_tool(page)
+        for i, (x, y, positive) in enumerate(clicks):
+            mask = click_image(page, stage, photos[name].shape[:2], x, y, alt=not positive)
+            assert mask[y, x] == positive, f"{name}: click {i + 1} at ({x}, {y}) did not steer the mask"
+            print(f"{name}, click {i + 1}: mask {mask.mean():.1%} of the image")
+            if (name, i) in names:
+                page.screenshot(path=str(shots / names[name, i]))
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """``rgb`` (HxWx3 uint8) encoded as PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def import_tasks(stack: Stack, files: dict[str, bytes]) -> list[int]:
+    """Upload each PNG of ``files`` (name: bytes) as a task of the project; their task ids, in that order."""
+    for name, data in files.items():
+        r = stack.api("POST", f"/api/projects/{stack.ids['project']}/import", files={"file": (name, data, "image/png")})
+        assert r.status_code == 201, r.text
+    tasks = stack.api("GET", "/api/tasks", params={"project": stack.ids["project"]}).json()
+    return sorted(t["id"] for t in (tasks["tasks"] if isinstance(tasks, dict) else tasks))[-len(files):]
 
 
 def open_task(stack: Stack, page: Any, task: int) -> Any:
