@@ -29,6 +29,7 @@
 | ``MAX_QUEUE_WAIT_S`` | ``5`` | clicks are shed (503, ``Retry-After``) when the queue ahead would take longer |
 | ``ZOOM_IN`` / ``FLIP`` | ``true`` / ``true`` | predictor settings |
 | ``TARGET_SIZE`` / ``EXPANSION_RATIO`` / ``MAX_SIZE`` | ``480`` / ``3.0`` / ``480`` | predictor: px, ratio, px |
+| ``CLICKED_PARTS_ONLY`` | ``true`` | answer only the mask's parts that hold a positive click (``false``: all parts) |
 | ``RUNTIME`` | ``openvino`` | CPU runtime of the network: ``openvino``, ``onnxruntime`` or ``torch`` (see below) |
 | ``TORCH_THREADS`` | adaptive | CPU threads of a click; unset: the cores other processes leave free (see below) |
 | ``MODEL_VERSION`` | from the checkpoint | version string reported to Label Studio |
@@ -69,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from model.finetune import PARTS, FineTuneConfig
-from model.predictor import EXPANSION_RATIO, MAX_SIZE, TARGET_SIZE
+from model.predictor import CLICKED_PARTS_ONLY, EXPANSION_RATIO, MAX_SIZE, TARGET_SIZE
 
 GATES = ("paired", "always")  # FIT_GATE's values (backend.fit_gate applies them)
 _RECIPE = FineTuneConfig()  # the fit job's recipe defaults (model.finetune) are the FIT_* defaults
@@ -127,6 +128,7 @@ class Settings:
     target_size: int = _env(TARGET_SIZE, "TARGET_SIZE")
     expansion_ratio: float = _env(EXPANSION_RATIO, "EXPANSION_RATIO")
     max_size: int = _env(MAX_SIZE, "MAX_SIZE")
+    clicked_parts_only: bool = _env(CLICKED_PARTS_ONLY, "CLICKED_PARTS_ONLY")
     runtime: str = _env("openvino", "RUNTIME")
     torch_threads: int | None = _env(None, "TORCH_THREADS")
     model_version: str | None = _env(None, "MODEL_VERSION")
@@ -207,4 +209,5 @@ def settings_from_json(text: str) -> Settings:
 def predictor_options(settings: Settings) -> dict[str, Any]:
     """The serving predictor's options (the inference worker and the job's evaluation use the same)."""
     return dict(zoom_in=settings.zoom_in, flip=settings.flip, target_size=settings.target_size,
-                expansion_ratio=settings.expansion_ratio, max_size=settings.max_size, runtime=settings.runtime)
+                expansion_ratio=settings.expansion_ratio, max_size=settings.max_size, runtime=settings.runtime,
+                clicked_parts_only=settings.clicked_parts_only)

@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--target-size", type=int, default=None, help="Zoom-In long side (predictor default)")
     ap.add_argument("--max-size", type=int, default=None, help="longest network-input side (predictor default)")
     ap.add_argument("--expansion-ratio", type=float, default=None, help="Zoom-In ROI expansion (predictor default)")
+    ap.add_argument("--clicked-parts-only", action=argparse.BooleanOptionalAction, default=None,
+                    help="answer only the mask's parts that hold a positive click (predictor default if unset: on)")
     ap.add_argument("--runtime", choices=RUNTIMES, default=None, help="inference runtime (default: eager)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--device", default="cpu")
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     entries = validation_entries(args.data_root, args.val_fraction)
     options = {k: v for k, v in (("flip", args.flip), ("target_size", args.target_size),
                                  ("max_size", args.max_size), ("expansion_ratio", args.expansion_ratio),
-                                 ("runtime", args.runtime)) if v is not None}
+                                 ("clicked_parts_only", args.clicked_parts_only), ("runtime", args.runtime))
+               if v is not None}
     t0 = time.perf_counter()
     curves: list[list[float]] = []
     figures = validate(net, args.data_root, entries, torch.device(args.device), zoom_in=not args.no_zoom_in,

@@ -1,4 +1,4 @@
-"""FCFIPredictor: shapes and ranges, replay == step by step, state round trip, Zoom-In, behaviour.
+"""FCFIPredictor: shapes and ranges, replay == step by step, state round trip, Zoom-In, behaviour, clicked parts.
 
 They run on the backend's ``DEVICE`` (default cpu): ``DEVICE=cuda pytest tests/test_predictor.py`` checks the
 predictor on a GPU.
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend.settings import Settings
+from backend.settings import Settings, predictor_options
 from model import Click, FCFIPredictor, PredictorState, build_model
+from model.predictor import CLICKED_PARTS_ONLY, clicked_parts
 from model.zoom_in import box_iou, expand_box, next_roi, object_roi
 
 
@@ -179,3 +180,60 @@ def test_zoom_roi_helpers() -> None:
     moved = next_roi((0, 30, 0, 30), prob, [Click(50, 50, True)], 1.0, 0)
     assert moved == (40, 60, 44, 54)  # a click left the old ROI: recompute
     assert next_roi(None, np.zeros_like(prob), [Click(5, 5, True)], 2.0, 10) is None
+
+
+class BlobOracle(DiskOracle):
+    """:class:`DiskOracle` that also lights up a fixed square (input rows and columns 10-30) wherever one clicks:
+    the stray part a real network sometimes adds beside the object."""
+
+    def forward(self, x, points, new_points, gate):
+        out = super().forward(x, points, new_points, gate)
+        out["instances"][:, :, 10:31, 10:31] = 4.0
+        return out
+
+
+def test_clicked_parts_keeps_only_the_parts_under_positive_clicks() -> None:
+    probs = np.full((60, 80), 0.1, np.float32)
+    probs[5:20, 5:20] = 0.9  # part A
+    probs[30:50, 40:70] = 0.8  # part B
+    probs[20, 20] = 0.7  # touches A only at a corner: 8-connected, so it is part of A
+    thr = 0.49
+    only_a = clicked_parts(probs, [Click(10, 10, True), Click(50, 40, False)], thr)
+    assert (only_a > thr).sum() == 15 * 15 + 1 and only_a[20, 20] == probs[20, 20]
+    np.testing.assert_array_equal(only_a[probs <= thr], probs[probs <= thr])  # the background is untouched
+    assert 0.48 < only_a[40, 50] <= thr  # B leaves the mask and stays a probability just below the threshold
+    both = clicked_parts(probs, [Click(10, 10, True), Click(50, 40, True)], thr)
+    np.testing.assert_array_equal(both, probs)
+    # No positive click on the mask (a miss, or only negatives): nothing is dropped rather than everything.
+    assert clicked_parts(probs, [Click(75, 2, True)], thr) is probs
+    assert clicked_parts(probs, [Click(10, 10, False)], thr) is probs
+    one_part = np.where(probs > 0.85, probs, np.float32(0.1))
+    assert clicked_parts(one_part, [Click(75, 2, True)], thr) is one_part
+    assert probs[40, 50] == np.float32(0.8)  # the input is never written
+
+
+@pytest.mark.parametrize("parts_only", [True, False])
+def test_predict_answers_only_the_clicked_parts(parts_only: bool) -> None:
+    pred = FCFIPredictor(BlobOracle(), "cpu", zoom_in=False, flip=False, clicked_parts_only=parts_only)
+    pred.set_image(np.zeros((100, 150, 3), np.uint8))
+    clicks = [Click(100, 60, True)]
+    probs, state = pred.predict(clicks)
+    mask = pred.mask(probs)
+    assert mask[60, 100] and mask[60, 80]  # the clicked disk
+    assert mask[20, 20] == (not parts_only)  # the stray square only without the clean-up
+    # The state keeps the network's own map (its feedback next time), stray part included, in both cases; a
+    # restored state gives the same answer.
+    assert state.feedback[20, 20] > 240 and state.probs[20, 20] > 0.9
+    again, _ = pred.predict(clicks, PredictorState.from_bytes(state.to_bytes()))
+    assert pred.mask(again)[20, 20] == (not parts_only) and pred.mask(again)[60, 100]
+    # A positive click on the square keeps it.
+    both, _ = pred.predict(clicks + [Click(20, 20, True)], state)
+    assert pred.mask(both)[20, 20] and pred.mask(both)[60, 100]
+
+
+def test_clicked_parts_setting_reaches_the_predictor(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert predictor_options(Settings.from_env())["clicked_parts_only"] is CLICKED_PARTS_ONLY
+    monkeypatch.setenv("CLICKED_PARTS_ONLY", "false")
+    options = predictor_options(Settings.from_env())
+    assert options["clicked_parts_only"] is False
+    assert FCFIPredictor(DiskOracle(), "cpu", **options).clicked_parts_only is False
