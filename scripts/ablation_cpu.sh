@@ -6,9 +6,10 @@
 # Xeon at 1.3-1.4 s per step takes 6-7 h), twice the GPU script's 70,400. So 12 to 27 hours for all four, over
 # several sessions: the runs go one after another in the background, each resumes from its own checkpoint and a
 # finished one (final.pth) is skipped, so the same command continues in every session until all four are done.
-# Each run, once trained, is scored (Zoom-In on and flip off as in the GPU ablation, through OpenVINO) on the
-# validation split and on GrabCut + Berkeley, and the paired bootstrap of FCFI - baseline is redone over the seeds
-# whose two variants are both scored (seed 0 after the second run, both seeds after the fourth):
+# Each run, once trained, is scored through OpenVINO on the validation split and on GrabCut + Berkeley, as in the
+# GPU ablation: Zoom-In on, flip and the clicked-parts clean-up off, so that it is the networks that are compared.
+# The paired bootstrap of FCFI - baseline is redone over the seeds whose two variants are both scored (seed 0 after
+# the second run, both seeds after the fourth):
 #   benchmarks/results/ablation_cpu_RUN_{val,gb}.json and ablation_cpu_paired.jsonl
 # Usage: bash scripts/ablation_cpu.sh [DATA_ROOT]   (log: runs/abl_cpu.log; hours per run:
 #   python -m model.plot_training runs/abl_cpu/*/log.jsonl -o runs/abl_cpu/curves.png)
@@ -87,12 +88,12 @@ campaign() {
     if [ ! -f "$RESULTS/ablation_cpu_${name}_val.json" ]; then
       # shellcheck disable=SC2086
       "$PY" -m model.validation --checkpoint "$RUNS_DIR/$run/final.pth" --data-root "$DATA" --runtime openvino \
-        --threads 2 --curves "$RESULTS/ablation_cpu_${name}_val.json" $VAL_ARGS
+        --threads 2 --no-clicked-parts-only --curves "$RESULTS/ablation_cpu_${name}_val.json" $VAL_ARGS
     fi
     if [ ! -f "$RESULTS/ablation_cpu_${name}_gb.json" ]; then
       # shellcheck disable=SC2086
       "$PY" -m model.evaluate --checkpoint "$RUNS_DIR/$run/final.pth" --data-root "$DATA" $SCORE_ARGS --no-flip \
-        --runtime openvino --no-progress --json "$RESULTS/ablation_cpu_${name}_gb.json"
+        --no-clicked-parts-only --runtime openvino --no-progress --json "$RESULTS/ablation_cpu_${name}_gb.json"
     fi
     # A baseline run completes a pair: the paired bootstrap over the seeds whose two variants are both scored.
     case "$run" in none-*) paired ;; esac
