@@ -79,6 +79,10 @@ def test_the_campaign_restores_trains_scores_and_pairs_in_order(tmp_path: Path) 
         "model.train full-s0", "model.train none-s0", "model.train full-s1", "model.train none-s1"]
     train = calls[1]
     assert train[train.index("--steps") + 1] == "17600" and train[train.index("--fcfi") + 1] == "full"
+    # Scored as the GPU ablation was: the networks themselves, without flip or the clicked-parts clean-up.
+    scoring = [c for c in calls if c[1] in ("model.validation", "model.evaluate")]
+    assert len(scoring) == 8 and all("--no-clicked-parts-only" in c for c in scoring)
+    assert all("--no-flip" in c for c in scoring if c[1] == "model.evaluate")
     # The paired bootstrap after each baseline run: seed 0 alone, then both seeds.
     paired = [c for c in calls if c[1] == "benchmarks.ablation_paired"]
     assert len(paired) == 4  # val and gb, twice
