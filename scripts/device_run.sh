@@ -86,8 +86,8 @@ if [ -n "$common" ]; then
   for run in $RUNS; do
     cp "$WORK/runs/$run/step$common.pth" "$OUT/$run.pth"
     timeout $(( $(left) > 30 ? $(left) - 15 : 15 )) "$PY" -m model.validation --checkpoint "$WORK/runs/$run/step$common.pth" \
-      --data-root device_pack/data --device "$DEVICE" --threads 1 --no-clicked-parts-only --curves "$WORK/logs/val-$run.json" \
-      > "$WORK/logs/val-$run.txt" 2>&1 &
+      --data-root device_pack/data --device "$DEVICE" --threads 1 --no-clicked-parts-only \
+      --curves "$WORK/logs/val-$run.json" > "$WORK/logs/val-$run.txt" 2>&1 &
   done
   wait
 fi
