@@ -8,15 +8,18 @@ NoC is the mean over its seeds; the gap ``fcfi - base`` per sample is then resam
 
 Prints one JSON line per sample set: per variant the mean NoC@85/90, NoF@90 and IoU@1 (each seed and the seed
 mean), the gap of NoC@85 and NoC@90 with its 95% bootstrap interval, and the one-sided p that FCFI is not better
-(``p_fcfi_not_better``) and that the baseline is not better (``p_base_not_better``).
+(``p_fcfi_not_better``) and that the baseline is not better (``p_base_not_better``). ``--table FILE.jsonl`` turns
+such lines into the README's table (validation first; a gap in bold when its interval excludes 0).
 
 Usage: python -m benchmarks.ablation_paired --fcfi full_s0.json full_s1.json --base none_s0.json none_s1.json
+       python -m benchmarks.ablation_paired --table benchmarks/results/ablation_cpu_paired.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +71,45 @@ def compare(fcfi: list[dict[str, list[float]]], base: list[dict[str, list[float]
     return out
 
 
+def _fixed(x: float, places: int, sign: bool = False) -> str:
+    """``x`` rounded half up from its printed digits (8.655 -> 8.66, as a person rounds the JSON figure)."""
+    text = str(Decimal(str(x)).quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP))
+    return f"+{text}" if sign and not text.startswith("-") else text
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The README's ablation table of ``compare`` outputs (each with its ``set`` name), validation split first."""
+    def variant(f: dict[str, Any]) -> str:
+        m = f["seed_mean"]
+        return f"{_fixed(m['noc85'], 2)} / {_fixed(m['noc90'], 2)}, {m['nof90']:g}, {_fixed(m['iou1'], 3)}"
+
+    lines = ["| samples | FCFI NoC@85 / 90, NoF@90, IoU@1 | baseline NoC@85 / 90, NoF@90, IoU@1 "
+             "| NoC@90 gap, 95% interval | FCFI better / worse |", "|---|---|---|---|---:|"]
+    for row in sorted(rows, key=lambda r: (r["set"] != "validation", r["set"])):
+        gap = row["gap_noc90"]
+        low, high = gap["ci95"]
+        mean = _fixed(gap["mean"], 2, sign=True)
+        if low > 0 or high < 0:  # the interval excludes no difference
+            mean = f"**{mean}**"
+        name = "validation split" if row["set"] == "validation" else row["set"]
+        lines.append(f"| {name} ({row['n']}) | {variant(row['fcfi'])} | {variant(row['base'])} "
+                     f"| {mean} [{_fixed(low, 2)}, {_fixed(high, 2)}] | {gap['fcfi_better']} / {gap['base_better']} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.ablation_paired", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--fcfi", nargs="+", type=Path, required=True, help="full FCFI, one file per seed")
-    ap.add_argument("--base", nargs="+", type=Path, required=True, help="the paper's baseline, one file per seed")
+    ap.add_argument("--fcfi", nargs="+", type=Path, help="full FCFI, one file per seed")
+    ap.add_argument("--base", nargs="+", type=Path, help="the paper's baseline, one file per seed")
     ap.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    ap.add_argument("--table", type=Path, help="print the README's table of this file's JSON lines, and nothing else")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown_table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        return
+    if not args.fcfi or not args.base:
+        ap.error("--fcfi and --base are required (or --table)")
     fcfi = [sample_sets(p) for p in args.fcfi]
     base = [sample_sets(p) for p in args.base]
     for name in sorted(set.intersection(*(set(s) for s in fcfi + base))):

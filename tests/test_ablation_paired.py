@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.ablation_paired import compare, main, sample_sets
+from benchmarks.ablation_paired import compare, main, markdown_table, sample_sets
 
 
 def curve(first_good: int) -> list[float]:
@@ -49,6 +49,26 @@ def test_reads_validation_curves_and_evaluation_results(tmp_path: Path, capsys: 
     main(["--fcfi", str(tmp_path / "e.json"), "--base", str(tmp_path / "e.json")])
     line = json.loads(capsys.readouterr().out)
     assert line["set"] == "GrabCut" and line["gap_noc90"]["mean"] == 0.0
+
+
+def test_the_readme_table_rounds_half_up_and_bolds_only_clear_gaps(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    keys = [f"s{i}" for i in range(30)]
+    fast, slow = {k: curve(3) for k in keys}, {k: curve(6 if i % 10 else 2) for i, k in enumerate(keys)}
+    clear = {"set": "GrabCut", **compare([fast], [slow])}
+    tie = {"set": "validation", **compare([fast], [fast])}
+    tie["fcfi"]["seed_mean"].update(noc90=8.655, nof90=34.5)  # a seed mean as the JSON rounds it
+    rows = markdown_table([clear, tie]).splitlines()
+    assert len(rows) == 4 and rows[2].startswith("| validation split (30) |")  # validation first
+    assert "| 2.00 / 8.66, 34.5, 0.500 |" in rows[2] and "| +0.00 [0.00, 0.00] | 0 / 0 |" in rows[2]
+    gap = clear["gap_noc90"]
+    assert f"| **{gap['mean']:+.2f}** [" in rows[3] and rows[3].endswith("| 27 / 3 |")
+    path = tmp_path / "paired.jsonl"
+    path.write_text(json.dumps(clear) + "\n\n" + json.dumps(tie) + "\n")
+    main(["--table", str(path)])
+    assert capsys.readouterr().out.strip().splitlines() == rows
+    with pytest.raises(SystemExit):
+        main(["--fcfi", str(path)])  # --base missing
 
 
 def _write(path: Path, data: dict) -> Path:
