@@ -3,9 +3,10 @@
 # call): full FCFI and the paper's baseline (--fcfi none: the previous mask only as an input channel), seeds 0 and 1,
 # recipe v2 at batch 8 with 256x256 crops, STEPS steps each. The default 17,600 x 8 = 140,800 samples is at least
 # 3 hours of both cores per run on the fastest 2-core machine measured (an AMD EPYC at 0.63 s per step: 3.1 h; a
-# Xeon at 1.3-1.4 s per step, or another EPYC at 1.34-1.55 s, takes 6-7 h), twice the GPU script's 70,400. So 12 to 27 hours for all four, over
-# several sessions: the runs go one after another in the background, each resumes from its own checkpoint and a
-# finished one (final.pth) is skipped, so the same command continues in every session until all four are done.
+# Xeon at 1.3-1.4 s per step, or another EPYC at 1.34-1.55 s, takes 6-7 h), twice the GPU script's 70,400.
+# So 12 to 27 hours for all four, over several sessions: the runs go one after another in the background, each
+# resumes from its own checkpoint and a finished one (final.pth) is skipped, so the same command continues in every
+# session until all four are done.
 # Each run, once trained, is scored through OpenVINO on the validation split and on GrabCut + Berkeley, as in the
 # GPU ablation: Zoom-In on, flip and the clicked-parts clean-up off, so that it is the networks that are compared.
 # The paired bootstrap of FCFI - baseline is redone over the seeds whose two variants are both scored (seed 0 after
