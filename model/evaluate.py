@@ -15,7 +15,9 @@ Examples::
 
 Reported per dataset: NoC@80/85/90 (mean clicks to reach the IoU, 20 when never), NoF@85/90 (as
 the official code counts: NoC == 20; ``nof*_strict`` = never reached), mIoU after clicks 1..20,
-IoU/BIoU/ASSD after click 5, SPC (total loop wall time incl. loading and metrics / total clicks).
+IoU/BIoU/ASSD after click 5, the harmful-click rates (``harm``, ``harm02``: share of clicks 2-5 made before 90%
+IoU after which the IoU fell, and fell by more than 0.02; :func:`model.metrics.harmful_clicks`), SPC (total loop
+wall time incl. loading and metrics / total clicks).
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def evaluate_dataset(method: Method, dataset: EvalDataset, n_clicks: int = MAX_C
 def format_table(results: dict[str, Any]) -> str:
     """A plain-text table of the per-dataset summary numbers."""
     cols = ["dataset", "N", "NoC@80", "NoC@85", "NoC@90", "NoF@85", "NoF@90",
-            "IoU@5", "BIoU@5", "ASSD@5", "SPC"]
+            "IoU@5", "BIoU@5", "ASSD@5", "harm", "harm>.02", "SPC"]
     lines = []
     for name, d in results.items():
         if not (isinstance(d, dict) and "miou" in d):
@@ -155,7 +157,8 @@ def format_table(results: dict[str, Any]) -> str:
 
         lines.append([name, str(d["n_samples"]), f(d["noc80"], ".2f"), f(d["noc85"], ".2f"),
                       f(d["noc90"], ".2f"), str(d["nof85"]), str(d["nof90"]), f(d.get("iou5"), ".4f"),
-                      f(d.get("biou5"), ".4f"), f(d.get("assd5"), ".2f"), f(d["spc"], ".3f")])
+                      f(d.get("biou5"), ".4f"), f(d.get("assd5"), ".2f"), f(d.get("harm"), ".3f"),
+                      f(d.get("harm02"), ".3f"), f(d["spc"], ".3f")])
     widths = [max(len(c), *(len(row[i]) for row in lines)) if lines else len(c) for i, c in enumerate(cols)]
     fmt_row = "  ".join(f"{{:>{w}}}" if i else f"{{:<{w}}}" for i, w in enumerate(widths))
     return "\n".join([fmt_row.format(*cols), fmt_row.format(*("-" * w for w in widths))]

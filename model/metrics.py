@@ -151,9 +151,47 @@ def assd(gt: np.ndarray, pred: np.ndarray) -> float:
     return float((to_g[pb].sum() + to_p[gb].sum()) / (n_g + n_p))
 
 
+#: Corrective clicks the harmful-click rate looks at: clicks 2 to 5 (1-based), each only while the IoU before it is
+#: below :data:`HARM_TARGET`, and "worse by more than" :data:`HARM_MARGIN` for the stricter rate.
+HARM_CLICKS = (2, 5)
+HARM_TARGET = 0.90
+HARM_MARGIN = 0.02
+
+
+def harmful_clicks(ious_per_sample: Sequence[Sequence[float]], clicks: tuple[int, int] = HARM_CLICKS,
+                   target: float = HARM_TARGET, margin: float = HARM_MARGIN) -> dict[str, float | int]:
+    """How often a corrective click makes the mask worse.
+
+    A click ``k`` in ``clicks`` (1-based, inclusive) counts when it was made before the sample reached ``target``
+    (the IoU after click ``k - 1`` is below it) and the curve has a value after it; it is *harmful* when the IoU
+    after it is lower than before, and *harmful by more than margin* when lower by more than ``margin``.
+
+    Args:
+        ious_per_sample: per sample the IoU after click 1, 2, ... (curves stopped at ``target`` are fine: the
+            clicks after it do not count anyway).
+    Returns:
+        ``{"harm_clicks": counted clicks, "harm": share harmful, "harm02": share harmful by more than margin}``
+        (shares in [0, 1]; 0.0 when no click counts).
+    """
+    counted = worse = much = 0
+    first, last = clicks
+    for ious in ious_per_sample:
+        ious = list(ious)
+        for k in range(first, last + 1):
+            if k > len(ious) or ious[k - 2] >= target:
+                break
+            counted += 1
+            drop = ious[k - 2] - ious[k - 1]
+            worse += drop > 0
+            much += drop > margin
+    return {"harm_clicks": counted, "harm": worse / counted if counted else 0.0,
+            "harm02": much / counted if counted else 0.0}
+
+
 def summarize(ious_per_sample: Sequence[Sequence[float]], max_clicks: int = MAX_CLICKS
               ) -> dict[str, float | int | list[float]]:
-    """NoC@80/85/90 (means), NoF@85/90 (official and strict counts) and the mIoU curve."""
+    """NoC@80/85/90 (means), NoF@85/90 (official and strict counts), the mIoU curve and the harmful-click rates
+    (:func:`harmful_clicks`)."""
     out: dict[str, float | int | list[float]] = {}
     for thr in (0.80, 0.85, 0.90):
         key = f"{round(thr * 100)}"
@@ -163,6 +201,7 @@ def summarize(ious_per_sample: Sequence[Sequence[float]], max_clicks: int = MAX_
             out[f"nof{key}"] = nof(nocs, max_clicks)
             out[f"nof{key}_strict"] = nof_strict(ious_per_sample, thr, max_clicks)
     out["miou"] = miou_curve(ious_per_sample)
+    out.update(harmful_clicks(ious_per_sample))
     return out
 
 

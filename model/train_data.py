@@ -37,22 +37,33 @@ class TrainSet:
     (label ids, things only) or ``clothing`` (label ids, plus the union as the whole person).
     ``weight``: the set's share of training draws (normalised over the sets in use), chosen so COCO-like
     photos of everyday objects, what annotators label, are drawn most.
+    ``ignore_value``: a label id that is an uncertain band, not an object (VOC's 255 void band; binary masks'
+    128 is handled by ``kind``), or None.
+    ``whole_split``: the set's held-out images give one whole object each to the whole-object validation part.
+    ``photo_fraction``: share of the set's images (by file-name hash) whose objects, all of them above a small
+    area, form the *photos* validation part (0: none). Those images are never trained on.
     """
 
     image_dir: str
     mask_dir: str
     kind: str
     weight: float
+    ignore_value: int | None = None
+    whole_split: bool = True
+    photo_fraction: float = 0.0
 
 
 TRAIN_SETS: dict[str, TrainSet] = {
-    "COCO_MVal": TrainSet("img", "gt", "binary", 0.20),
-    "COCO_instances": TrainSet("images", "labels", "instances", 0.28),
+    "COCO_MVal": TrainSet("img", "gt", "binary", 0.18),
+    "COCO_instances": TrainSet("images", "labels", "instances", 0.24, photo_fraction=0.07),
     "OxfordPets_subset": TrainSet("images", "masks", "binary", 0.12),
-    "WeizmannHorse": TrainSet("images", "masks", "binary", 0.10),
-    "HumanSeg": TrainSet("images", "masks", "binary", 0.10),
-    "BSDS_regions": TrainSet("images", "labels", "regions", 0.10),
-    "CCP_subset": TrainSet("images", "labels", "clothing", 0.10),
+    "WeizmannHorse": TrainSet("images", "masks", "binary", 0.08),
+    "HumanSeg": TrainSet("images", "masks", "binary", 0.08),
+    "BSDS_regions": TrainSet("images", "labels", "regions", 0.08),
+    "CCP_subset": TrainSet("images", "labels", "clothing", 0.08),
+    # PASCAL VOC 2012 photos (20 classes, connected parts of the class masks, 255 = void band).
+    "VOC2012_val": TrainSet("images", "labels", "instances", 0.16, ignore_value=255, whole_split=False,
+                            photo_fraction=0.12),
 }
 
 
@@ -97,17 +108,26 @@ def is_whole_object(info: list[float], min_area_frac: float = 0.01) -> bool:
     return info[0] >= min_area_frac and info[1] <= 2
 
 
-def _objects_of(labels: np.ndarray, kind: str, min_area: int, min_area_frac: float
-                ) -> tuple[list[tuple[int, ...]], list[list[float]]]:
+def _objects_of(labels: np.ndarray, kind: str, min_area: int, min_area_frac: float,
+                ignore_value: int | None = None) -> tuple[list[tuple[int, ...]], list[list[float]]]:
     floor = max(min_area, min_area_frac * labels.size)
     if kind == "binary":
         mask = labels == 255
         return ([(255,)], [object_info(mask)]) if mask.sum() >= floor else ([], [])
     ids, counts = np.unique(labels, return_counts=True)
-    objects = [(int(i),) for i, c in zip(ids, counts, strict=True) if i > 0 and c >= floor]
+    objects = [(int(i),) for i, c in zip(ids, counts, strict=True) if 0 < i != ignore_value and c >= floor]
     if kind == "clothing" and (labels > 0).sum() >= floor:
         objects.append(tuple(int(i) for i in ids if i > 0))  # the whole person
     return objects, [object_info(np.isin(labels, list(o))) for o in objects]
+
+
+#: The photos validation part keeps objects of at least this share of their image (and :data:`PHOTO_MIN_PIXELS`),
+#: small ones included, at most :data:`PHOTO_MAX_OBJECTS` per image (chosen by hash), whatever sides they touch:
+#: everyday photos at full variety (small objects, clutter, thin parts), where the whole-object part keeps one
+#: large, centred object per image.
+PHOTO_MIN_FRAC = 0.002
+PHOTO_MIN_PIXELS = 200
+PHOTO_MAX_OBJECTS = 4
 
 
 #: Share of each training set's images held out as the validation split (``model.train --val-fraction`` and
@@ -122,15 +142,17 @@ def build_index(root: Path, datasets: list[str], val_fraction: float = VAL_FRACT
     Args:
         root: the data folder (``../shared/data``).
         datasets: names from :data:`TRAIN_SETS`.
-        val_fraction: share of each set's images held out for validation.
+        val_fraction: share of each set's images held out for the whole-object validation part.
         min_area: training objects smaller than this many pixels are dropped.
         min_area_frac: ... or smaller than this fraction of the image.
     Returns:
-        ``{"train": [...], "val": [...]}``. A validation image keeps exactly one object, a whole one
-        (:func:`is_whole_object`) picked by hash, so the split is fixed; validation images without one
-        are left out of both lists. Raises if an evaluation set is requested.
+        ``{"train": [...], "val": [...], "photos": [...]}``. ``val`` is the whole-object part: a held-out image
+        keeps exactly one object, a whole one (:func:`is_whole_object`) picked by hash, so the split is fixed;
+        held-out images without one are left out of both lists. ``photos`` is the everyday-photo part: one entry
+        per object of the images :attr:`TrainSet.photo_fraction` holds out (see :data:`PHOTO_MIN_FRAC`). An
+        image in either part is never in ``train``. Raises if an evaluation set is requested.
     """
-    out: dict[str, list[Entry]] = {"train": [], "val": []}
+    out: dict[str, list[Entry]] = {"train": [], "val": [], "photos": []}
     for name in datasets:
         if name.lower() in EVAL_ONLY:
             raise ValueError(f"{name} is an evaluation set; never train on it")
@@ -146,17 +168,26 @@ def build_index(root: Path, datasets: list[str], val_fraction: float = VAL_FRACT
             if raw is None:
                 raise OSError(f"cannot read {mask_path}")
             labels = binary_labels(raw) if ts.kind == "binary" else raw
-            split = _split_of(f"{name}/{img.stem}", val_fraction)
-            objects, info = _objects_of(labels, ts.kind, min_area, 0.0 if split == "val" else min_area_frac)
-            if split == "val":
+            key = f"{name}/{img.stem}"
+            held_whole = ts.whole_split and _split_of(key, val_fraction) == "val"
+            held_photo = _unit_hash(key) < ts.photo_fraction
+            rel = lambda p: str(p.relative_to(root))  # noqa: E731
+            if held_photo:
+                objects, info = _objects_of(labels, ts.kind, PHOTO_MIN_PIXELS, PHOTO_MIN_FRAC, ts.ignore_value)
+                order = sorted(range(len(objects)), key=lambda k: _unit_hash(f"photo/{key}/{objects[k]}"))
+                for k in sorted(order[:PHOTO_MAX_OBJECTS]):
+                    out["photos"].append(Entry(name, rel(img), rel(mask_path), [objects[k]], [info[k]]))
+            if held_whole:
+                objects, info = _objects_of(labels, ts.kind, min_area, 0.0, ts.ignore_value)
                 whole = [k for k, i in enumerate(info) if is_whole_object(i)]
-                if not whole:
-                    continue
-                k = whole[int(_unit_hash(f"object/{name}/{img.stem}") * len(whole))]
-                objects, info = [objects[k]], [info[k]]
+                if whole:
+                    k = whole[int(_unit_hash(f"object/{key}") * len(whole))]
+                    out["val"].append(Entry(name, rel(img), rel(mask_path), [objects[k]], [info[k]]))
+            if held_whole or held_photo:
+                continue
+            objects, info = _objects_of(labels, ts.kind, min_area, min_area_frac, ts.ignore_value)
             if objects:
-                rel = lambda p: str(p.relative_to(root))  # noqa: E731
-                out[split].append(Entry(name, rel(img), rel(mask_path), objects, info))
+                out["train"].append(Entry(name, rel(img), rel(mask_path), objects, info))
     return out
 
 
@@ -177,6 +208,8 @@ class TrainImage:
     Attributes:
         rgb: HxWx3 uint8.
         labels: HxW uint8 label map (binary masks: 0 / 255, 128 = ignore band).
+        ignore_value: the label id of the uncertain band that no loss counts and no click lands on; None: 128 for
+            a binary mask, no band otherwise (:attr:`band_value`).
         objects: the candidate objects, tuples of label ids.
         dataset: the set's name (for per-set sampling weights).
         weights: optional relative draw weight per object (None: uniform).
@@ -187,13 +220,23 @@ class TrainImage:
     objects: list[tuple[int, ...]]
     dataset: str
     weights: list[float] | None = None
+    ignore_value: int | None = None
+
+    @property
+    def band_value(self) -> int | None:
+        """The label id of the uncertain band: ``ignore_value``, else 128 for a binary mask (``objects`` is
+        ``[(255,)]``), else None."""
+        if self.ignore_value is not None:
+            return self.ignore_value
+        return IGNORE_VALUE if self.objects == [(255,)] else None
 
     @property
     def ignore(self) -> np.ndarray | None:
-        """HxW bool map of pixels no loss counts (binary masks' band), or None."""
-        if self.objects != [(255,)]:
+        """HxW bool map of pixels no loss counts (binary masks' 128 band, VOC's 255 void band), or None."""
+        value = self.band_value
+        if value is None:
             return None
-        band = self.labels == IGNORE_VALUE
+        band = self.labels == value
         return band if band.any() else None
 
 
@@ -211,7 +254,8 @@ def load_entries(root: Path, entries: list[Entry], max_side: int = 640, stuff_we
             raise OSError(f"cannot read {e.image} / {e.mask}")
         if labels.shape != bgr.shape[:2]:
             labels = cv2.resize(labels, (bgr.shape[1], bgr.shape[0]), interpolation=cv2.INTER_NEAREST)
-        if e.objects == [(255,)]:
+        binary = TRAIN_SETS[e.dataset].kind == "binary" if e.dataset in TRAIN_SETS else e.objects == [(255,)]
+        if binary:
             labels = binary_labels(labels)
         s = max_side / max(bgr.shape[:2])
         if s < 1:
@@ -219,8 +263,10 @@ def load_entries(root: Path, entries: list[Entry], max_side: int = 640, stuff_we
             bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
             labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
         weights = [stuff_weight if (i[1] if len(i) > 1 else 0) >= 3 else 1.0 for i in e.info] if e.info else None
+        ignore_value = IGNORE_VALUE if binary else (TRAIN_SETS[e.dataset].ignore_value if e.dataset in TRAIN_SETS
+                                                    else None)
         loaded.append(TrainImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), labels, list(e.objects), e.dataset,
-                                 weights))
+                                 weights, ignore_value))
     return loaded
 
 
@@ -312,8 +358,10 @@ class SampleMaker:
         if len(img.objects) > 1 and rng.random() < self.cfg.merge_prob:
             ids |= set(img.objects[rng.integers(len(img.objects))])
         target = np.isin(img.labels, list(ids))
-        lab = np.where(target, _TARGET, np.where((img.labels > 0) & (img.labels != IGNORE_VALUE)
-                                                 if img.objects == [(255,)] else img.labels > 0, _OTHER, 0))
+        others = img.labels > 0
+        if img.band_value is not None:
+            others &= img.labels != img.band_value
+        lab = np.where(target, _TARGET, np.where(others, _OTHER, 0))
         ignore = img.ignore
         if ignore is not None:
             lab[ignore] = _IGNORE

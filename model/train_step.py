@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -42,6 +43,10 @@ class StepConfig:
         backbone_lr_mult: the ImageNet backbone's learning rate relative to the rest (:func:`param_groups`).
         autocast: bfloat16 autocast of the forward passes.
         channels_last: feed the images in channels-last memory format (the network should be converted too).
+        click_loss: weight of an extra focal term on the pixels within ``click_radius`` of any click of the final
+            pass (0: off). A click says what its neighbourhood is; a mask that loses it there is what an annotator
+            sees as a click that made things worse.
+        click_radius: radius (training-crop pixels) of that neighbourhood.
     """
 
     max_next_clicks: int = 3
@@ -51,6 +56,19 @@ class StepConfig:
     backbone_lr_mult: float = 0.1
     autocast: bool = False
     channels_last: bool = False
+    click_loss: float = 0.0
+    click_radius: int = 8
+
+
+def click_neighbourhood(clicks: list[list[tuple[float, float, bool]]], shape: tuple[int, int], radius: int,
+                        device: torch.device | str = "cpu") -> torch.Tensor:
+    """[B, 1, H, W] bool: pixels within ``radius`` of any of each sample's ``(y, x, positive)`` clicks."""
+    h, w = shape
+    out = np.zeros((len(clicks), 1, h, w), np.uint8)
+    for i, sample in enumerate(clicks):
+        for y, x, _ in sample:
+            cv2.circle(out[i, 0], (int(round(x)), int(round(y))), int(radius), 1, thickness=-1)
+    return torch.from_numpy(out.astype(bool)).to(device)
 
 
 def make_batch(maker: SampleMaker, seed: int, step: int, batch_size: int, crop: tuple[int, int]) -> Batch:
@@ -114,15 +132,20 @@ def simulate_and_forward(net: nn.Module, images: torch.Tensor, masks: torch.Tens
     return out
 
 
-def fcfi_loss(out: dict[str, Any], masks: torch.Tensor, feedback_weights: tuple[float, float]
+def fcfi_loss(out: dict[str, Any], masks: torch.Tensor, feedback_weights: tuple[float, float],
+              click_valid: torch.Tensor | None = None, click_weight: float = 0.0
               ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. 6: NFL(output) + w1 * NFL(M_c inside the FFCM box) + w2 * NFL(M_u).
+    """Eq. 6: NFL(output) + w1 * NFL(M_c inside the FFCM box) + w2 * NFL(M_u), plus ``click_weight`` *
+    NFL(output on ``click_valid``, the clicks' neighbourhoods) when both are given.
 
     The feedback maps are probabilities; the loss reads them as such (the official trainer applies a
     second sigmoid to them, which squeezes them into [0.5, 0.73]; the paper's Eq. 6 does not).
     """
     parts = {"instances": normalized_focal_loss(out["instances"].float(), masks).mean()}
     total = parts["instances"]
+    if click_valid is not None and click_weight:
+        parts["clicks"] = normalized_focal_loss(out["instances"].float(), masks, valid=click_valid).mean()
+        total = total + click_weight * parts["clicks"]
     if out.get("feedback1") is not None and feedback_weights[0]:
         valid = out["box_mask"] >= 1.0 if out.get("box_mask") is not None else None
         parts["feedback1"] = normalized_focal_loss(out["feedback1"].float(), masks, from_logits=False,
@@ -201,7 +224,9 @@ def train_step(net: nn.Module, opt: torch.optim.Optimizer, batch: Batch, cfg: St
     rng = np.random.default_rng([seed, step, 1])
     outputs = simulate_and_forward(net, images, masks, clicks, rng, cfg.max_next_clicks, cfg.autocast,
                                    cfg.first_click_prob)
-    loss, parts = fcfi_loss(outputs, masks, tuple(cfg.feedback_weights))
+    near = (click_neighbourhood(clicks, tuple(masks.shape[-2:]), cfg.click_radius, masks.device)
+            if cfg.click_loss else None)
+    loss, parts = fcfi_loss(outputs, masks, tuple(cfg.feedback_weights), near, cfg.click_loss)
     value = float(loss.detach())
     if not math.isfinite(value):
         raise FloatingPointError(f"the loss is {value} at step {step}")

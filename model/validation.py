@@ -1,17 +1,25 @@
 """Validation on the fixed held-out split of the training sets (never on GrabCut, Berkeley or DAVIS).
 
-The split (:func:`model.train_data.build_index`): 7% of each training set's images by file-name hash, one whole
-object each (at least 1% of the image, touching at most two image sides), so every training set is represented
-and the split never changes. ``model.train`` validates on it; inference settings are chosen on it.
+The split (:func:`model.train_data.build_index`) has two parts, both never trained on:
 
-``python -m model.validation --checkpoint default`` prints the figures of a checkpoint as one JSON line;
-``--curves FILE`` also writes each object's IoU-per-click curve (for paired comparisons of two checkpoints).
+* ``whole``: 7% of each training set's images by file-name hash, one whole object each (at least 1% of the image,
+  touching at most two image sides), so every training set is represented; 177 objects.
+* ``photos``: every object above 0.2% of its image (at most four per image, chosen by hash) of held-out everyday
+  photos: COCO_instances' held-out images (the same 7%) and 12% of VOC2012_val's; 257 objects on 111 images. Large
+  centred objects flatter a model; this part is what unseen photos look like.
+
+``model.train`` validates on both; inference settings and checkpoints are chosen on both.
+
+``python -m model.validation --checkpoint default`` prints the figures of a checkpoint as one JSON line per part
+(``--part`` picks one); ``--curves FILE`` also writes each object's IoU-per-click curve (for paired comparisons of
+two checkpoints; with both parts, ``FILE`` gets the part's name before its suffix).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -25,9 +33,22 @@ from .runtime import RUNTIMES
 from .train_data import VAL_FRACTION, build_index, load_entries, present_sets
 
 
+#: The validation split's parts: ``whole`` (one whole, large object per held-out image of every training set, 177
+#: objects) and ``photos`` (every object above 0.2% of the image, at most four per image, of held-out everyday
+#: photos of COCO_instances and VOC2012_val: small objects, clutter and thin parts as annotators meet them).
+PARTS = ("whole", "photos")
+
+
+def validation_parts(root: Path, val_fraction: float = VAL_FRACTION) -> dict[str, list]:
+    """``{"whole": [...], "photos": [...]}``: the held-out objects of every training set present under ``root``
+    (:func:`model.train_data.build_index`)."""
+    index = build_index(root, present_sets(root), val_fraction)
+    return {"whole": index["val"], "photos": index["photos"]}
+
+
 def validation_entries(root: Path, val_fraction: float = VAL_FRACTION) -> list:
-    """The held-out objects of every training set present under ``root``."""
-    return build_index(root, present_sets(root), val_fraction)["val"]
+    """The whole-object part of the split (:func:`validation_parts`)."""
+    return validation_parts(root, val_fraction)["whole"]
 
 
 def click_curves(predictor: Any, samples: Iterable[tuple[np.ndarray, np.ndarray]], n_clicks: int,
@@ -52,14 +73,15 @@ def click_curves(predictor: Any, samples: Iterable[tuple[np.ndarray, np.ndarray]
 
 
 def summarize(curves: list[list[float]], n_clicks: int) -> dict[str, Any]:
-    """NoC@85/90 (mean), NoF@90 (count), IoU after the first click and mIoU (mean over samples of the mean over
-    clicks; a stopped curve counts only its clicks), and ``n``."""
-    from .metrics import noc
+    """NoC@85/90 (mean), NoF@90 (count), IoU after the first click, mIoU (mean over samples of the mean over
+    clicks; a stopped curve counts only its clicks), the harmful-click rates (:func:`model.metrics.harmful_clicks`)
+    and ``n``."""
+    from .metrics import harmful_clicks, noc
 
     noc90 = [noc(c, 0.90, n_clicks) for c in curves]
     return {"noc85": float(np.mean([noc(c, 0.85, n_clicks) for c in curves])), "noc90": float(np.mean(noc90)),
             "nof90": int(sum(n >= n_clicks for n in noc90)), "iou1": float(np.mean([c[0] for c in curves])),
-            "miou": float(np.mean([np.mean(c) for c in curves])), "n": len(curves)}
+            "miou": float(np.mean([np.mean(c) for c in curves])), **harmful_clicks(curves), "n": len(curves)}
 
 
 def validate(net: nn.Module, root: Path, entries: list, device: torch.device, n_clicks: int = 20,
@@ -110,24 +132,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--curves", type=Path, default=None, help="write the per-object IoU curves here (JSON)")
+    ap.add_argument("--part", choices=PARTS, action="append", default=None,
+                    help="score only this part of the split (repeatable; default: both)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     net = load_checkpoint(args.checkpoint)
-    entries = validation_entries(args.data_root, args.val_fraction)
+    parts = validation_parts(args.data_root, args.val_fraction)
+    chosen = args.part or list(PARTS)
     options = {k: v for k, v in (("flip", args.flip), ("target_size", args.target_size),
                                  ("max_size", args.max_size), ("expansion_ratio", args.expansion_ratio),
                                  ("clicked_parts_only", args.clicked_parts_only), ("runtime", args.runtime))
                if v is not None}
-    t0 = time.perf_counter()
-    curves: list[list[float]] = []
-    figures = validate(net, args.data_root, entries, torch.device(args.device), zoom_in=not args.no_zoom_in,
-                       curves_out=curves, **options)
-    if args.curves is not None:
-        rows = [{"image": e.image, "object": list(e.objects[0]), "ious": c}
-                for e, c in zip(entries, curves, strict=True)]
-        args.curves.write_text(json.dumps({"checkpoint": args.checkpoint, "options": options, "samples": rows}))
-    print(json.dumps({"checkpoint": args.checkpoint, "zoom_in": not args.no_zoom_in, **options, **figures,
-                      "sec": round(time.perf_counter() - t0, 1)}))
+    for part in [p for p in chosen if not parts[p]]:  # e.g. a data root without COCO_instances or VOC2012_val
+        print(f"no {part} objects under {args.data_root}; part skipped", file=sys.stderr)
+    chosen = [p for p in chosen if parts[p]]
+    for part in chosen:
+        entries = parts[part]
+        t0 = time.perf_counter()
+        curves: list[list[float]] = []
+        figures = validate(net, args.data_root, entries, torch.device(args.device), zoom_in=not args.no_zoom_in,
+                           curves_out=curves, **options)
+        if args.curves is not None:
+            rows = [{"image": e.image, "object": list(e.objects[0]), "ious": c}
+                    for e, c in zip(entries, curves, strict=True)]
+            path = args.curves if len(chosen) == 1 else args.curves.with_stem(f"{args.curves.stem}_{part}")
+            path.write_text(json.dumps({"checkpoint": args.checkpoint, "part": part, "options": options,
+                                        "samples": rows}))
+        print(json.dumps({"checkpoint": args.checkpoint, "part": part, "zoom_in": not args.no_zoom_in, **options,
+                          **figures, "sec": round(time.perf_counter() - t0, 1)}), flush=True)
 
 
 if __name__ == "__main__":
