@@ -201,12 +201,14 @@ def build_method(args: argparse.Namespace) -> tuple[Method, str, str]:
         kwargs["max_size"] = args.max_size
     if args.runtime is not None:
         kwargs["runtime"] = args.runtime
-    if args.clicked_parts_only is not None:
-        kwargs["clicked_parts_only"] = args.clicked_parts_only
+    for name in ("clicked_parts_only", "local_merge", "click_guarantee"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
     pred = FCFIPredictor(net, **kwargs)
     desc = (f"FCFI checkpoint {path} ({type(net).__name__}); zoom_in={pred.zoom_in}, flip={pred.flip}, "
             f"target_size={pred.target_size}, max_size={pred.max_size}, expansion_ratio={pred.expansion_ratio}, "
-            f"clicked_parts_only={pred.clicked_parts_only}, runtime={pred.runtime or 'eager'}, device={device}")
+            f"clicked_parts_only={pred.clicked_parts_only}, local_merge={pred.local_merge}, "
+            f"click_guarantee={pred.click_guarantee}, runtime={pred.runtime or 'eager'}, device={device}")
     return pred, desc, args.label or path.stem
 
 
@@ -235,6 +237,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="Zoom-In ROI expansion (predictor default if unset)")
     ap.add_argument("--clicked-parts-only", action=on_off, default=None,
                     help="answer only the mask's parts that hold a positive click (predictor default if unset: on)")
+    ap.add_argument("--local-merge", action=on_off, default=None,
+                    help="take a corrective click's new map only where its change reaches the click "
+                         "(predictor default if unset)")
+    ap.add_argument("--click-guarantee", type=int, default=None, metavar="RADIUS",
+                    help="hold every click's disk of RADIUS px on its side in the answer; -1: off "
+                         "(predictor default if unset)")
     ap.add_argument("--n-clicks", type=int, default=MAX_CLICKS, help="clicks per sample (default 20)")
     ap.add_argument("--threshold", type=float, default=THRESHOLD,
                     help="mask = probs > threshold (default 0.49)")

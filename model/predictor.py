@@ -8,6 +8,7 @@ replayed in order, which gives the same result.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clicks import Click, points_tensor
+from .corrections import GUARANTEE_RADIUS, guarantee_clicks, local_change
 from .runtime import make_runner
 from .zoom_in import Box, next_roi
 
@@ -41,6 +43,53 @@ EXPANSION_RATIO = 3.0
 #: answer. Chosen on the validation split (README, "Inference settings"): every figure a little better, though
 #: objects in several pieces lose the parts not yet clicked.
 CLICKED_PARTS_ONLY = True
+#: Served default of the local merge (:func:`model.corrections.local_change`): from the second click on, the new map
+#: is taken only in the changed parts that reach the newest click. Chosen on the validation split (docs/results.md).
+LOCAL_MERGE = True
+#: Served default of the click guarantee's radius in image pixels (:func:`model.corrections.guarantee_clicks`; -1:
+#: off): every click's disk is answered on its own side of the threshold.
+CLICK_GUARANTEE = GUARANTEE_RADIUS
+
+
+@dataclass(frozen=True)
+class PredictorOptions:
+    """How :class:`FCFIPredictor` runs a network; the defaults are the served settings.
+
+    Attributes:
+        zoom_in: from the second click, crop the ROI around the object and all clicks.
+        target_size: long side of the zoomed network input (pixels).
+        expansion_ratio: ROI expansion around the object's box.
+        min_crop_size: smallest ROI side (pixels).
+        skip_clicks: clicks that always see the full image (1: only the first).
+        flip: average the prediction with that of the horizontally flipped input.
+        max_size: longest network-input side (big images are scaled down for the first click; a Zoom-In ROI is
+            scaled to ``target_size`` but never beyond ``max_size``, as LimitLongestSide after ZoomIn); 0 = none.
+        threshold: probability above which a pixel is object (:data:`MASK_THRESHOLD`).
+        autocast_dtype: run the network under ``torch.autocast`` with this dtype (e.g. bfloat16).
+        runtime: who runs the network pass (:data:`model.runtime.RUNTIMES`, see :func:`model.runtime.make_runner`);
+            None calls ``net`` itself as it is (training and evaluation code).
+        clicked_parts_only: answer only the parts of the mask that hold a positive click (:func:`clicked_parts`;
+            :data:`CLICKED_PARTS_ONLY`). The state keeps the network's own map: it is what the network is trained
+            to receive as feedback.
+        local_merge: from the second click on, take the new map only where its change reaches the newest click
+            (:data:`LOCAL_MERGE`); the merged map is also what the next click reads as feedback.
+        click_guarantee: radius (image pixels) of the disk around every click that the answer holds on the click's
+            side (:data:`CLICK_GUARANTEE`); -1: off. Only the answer: the state keeps the (merged) network map.
+    """
+
+    zoom_in: bool = True
+    target_size: int = TARGET_SIZE
+    expansion_ratio: float = EXPANSION_RATIO
+    min_crop_size: int = 200
+    skip_clicks: int = 1
+    flip: bool = True
+    max_size: int = MAX_SIZE
+    threshold: float = MASK_THRESHOLD
+    autocast_dtype: torch.dtype | None = None
+    runtime: str | None = None
+    clicked_parts_only: bool = CLICKED_PARTS_ONLY
+    local_merge: bool = LOCAL_MERGE
+    click_guarantee: int = CLICK_GUARANTEE
 
 
 def clicked_parts(probs: np.ndarray, clicks: tuple[Click, ...] | list[Click], threshold: float) -> np.ndarray:
@@ -150,50 +199,39 @@ class FCFIPredictor:
     Args:
         net: a network from :func:`model.build_model` or :func:`model.load_checkpoint`.
         device: where to run; defaults to the network's device.
-        zoom_in: from the second click, crop the ROI around the object and all clicks.
-        target_size: long side of the zoomed network input (pixels).
-        expansion_ratio: ROI expansion around the object's box.
-        min_crop_size: smallest ROI side (pixels).
-        skip_clicks: clicks that always see the full image (1: only the first).
-        flip: average the prediction with that of the horizontally flipped input.
-        max_size: longest network-input side (big images are scaled down for the first click; a Zoom-In ROI is
-            scaled to ``target_size`` but never beyond ``max_size``, as LimitLongestSide after ZoomIn); 0 = none.
-        threshold: probability above which a pixel is object (:data:`MASK_THRESHOLD`), see :meth:`mask`.
-        autocast_dtype: run the network under ``torch.autocast`` with this dtype (e.g. bfloat16).
-        runtime: who runs the network pass (:data:`model.runtime.RUNTIMES`, see :func:`model.runtime.make_runner`);
-            None calls ``net`` itself as it is (training and evaluation code).
-        clicked_parts_only: answer only the parts of the mask that hold a positive click (:func:`clicked_parts`;
-            :data:`CLICKED_PARTS_ONLY`). The state keeps the network's own map: it is what the network is trained
-            to receive as feedback.
+        options: how to run it (:class:`PredictorOptions`; default: the served settings).
+        **overrides: fields of :class:`PredictorOptions` to change (``FCFIPredictor(net, flip=False)``).
     """
 
-    def __init__(self, net: nn.Module, device: str | torch.device | None = None, zoom_in: bool = True,
-                 target_size: int = TARGET_SIZE, expansion_ratio: float = EXPANSION_RATIO, min_crop_size: int = 200,
-                 skip_clicks: int = 1, flip: bool = True, max_size: int = MAX_SIZE, threshold: float = MASK_THRESHOLD,
-                 autocast_dtype: torch.dtype | None = None, runtime: str | None = None,
-                 clicked_parts_only: bool = CLICKED_PARTS_ONLY) -> None:
+    def __init__(self, net: nn.Module, device: str | torch.device | None = None, *,
+                 options: PredictorOptions | None = None, **overrides: object) -> None:
+        opts = dataclasses.replace(options or PredictorOptions(), **overrides)
+        self.options = opts
         if device is None:
             first = next(net.parameters(), None)
             device = first.device if first is not None else torch.device("cpu")
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
-        self.zoom_in = zoom_in
-        self.target_size = int(target_size)
-        self.expansion_ratio = float(expansion_ratio)
-        self.min_crop_size = int(min_crop_size)
-        self.skip_clicks = int(skip_clicks)
-        self.flip = flip
-        self.max_size = int(max_size)
-        self.threshold = float(threshold)
-        self.autocast_dtype = autocast_dtype
-        self.clicked_parts_only = bool(clicked_parts_only)
-        self.runner = make_runner(self.net, runtime) if runtime is not None else None
+        self.zoom_in = opts.zoom_in
+        self.target_size = int(opts.target_size)
+        self.expansion_ratio = float(opts.expansion_ratio)
+        self.min_crop_size = int(opts.min_crop_size)
+        self.skip_clicks = int(opts.skip_clicks)
+        self.flip = opts.flip
+        self.max_size = int(opts.max_size)
+        self.threshold = float(opts.threshold)
+        self.autocast_dtype = opts.autocast_dtype
+        self.clicked_parts_only = bool(opts.clicked_parts_only)
+        self.local_merge = bool(opts.local_merge)
+        self.click_guarantee = int(opts.click_guarantee)
+        self.runner = make_runner(self.net, opts.runtime) if opts.runtime is not None else None
         #: the runtime actually used ("torch" after a fallback; None: the network called as it is).
         self.runtime = self.runner.name if self.runner is not None else None
         #: network passes run so far (one per click; replay runs one per replayed click).
         self.num_passes = 0
         #: milliseconds of the last :meth:`predict` by stage: ``prepare`` (ROI, crop, resize, flip, click
-        #: tensors), ``network`` (the runner), ``post`` (flip average, sigmoid, paste, quantization, clicked parts).
+        #: tensors), ``network`` (the runner), ``post`` (flip average, sigmoid, paste, quantization, local merge,
+        #: guarantee, clicked parts).
         self.timings: dict[str, float] = {}
         self._image: torch.Tensor | None = None
         self._rgb_cache: tuple[tuple, torch.Tensor] | None = None
@@ -257,8 +295,9 @@ class FCFIPredictor:
                 remaining clicks are run one network pass each. None replays every click.
         Returns:
             ``(probs, state)``: HxW float32 in [0, 1] (object where ``probs > threshold``; with
-            ``clicked_parts_only``, only its parts that hold a positive click) and the state to pass with the
-            next click (its maps are the network's, unfiltered).
+            ``click_guarantee``, every click's disk on its side; with ``clicked_parts_only``, only the parts that
+            hold a positive click) and the state to pass with the next click (its maps are the network's, merged
+            locally with ``local_merge``, not otherwise filtered).
         """
         if self._image is None:
             raise RuntimeError("call set_image before predict")
@@ -276,10 +315,12 @@ class FCFIPredictor:
         for i in range(start, len(clicks)):
             state = self._step(clicks[: i + 1], state)
         assert state is not None
-        if not self.clicked_parts_only:
-            return state.probs, state
         t0 = time.perf_counter()
-        probs = clicked_parts(state.probs, clicks, self.threshold)
+        probs = state.probs
+        if self.click_guarantee >= 0:
+            probs = guarantee_clicks(probs, clicks, self.threshold, self.click_guarantee)
+        if self.clicked_parts_only:
+            probs = clicked_parts(probs, clicks, self.threshold)
         self.timings["post"] += (time.perf_counter() - t0) * 1000.0
         return probs, state
 
@@ -352,6 +393,13 @@ class FCFIPredictor:
                 fb2 = 0.5 * (fb2[:1] + torch.flip(fb2[1:], dims=[3]))
         probs, feedback = self._paste(torch.sigmoid(logits), box, keep_float=True)
         roi_map = self._paste(fb2, box)[1] if fb2 is not None else None
+        if self.local_merge and not first:
+            # Decided on the previous state's uint8 map, so a deserialized state and a replay merge alike.
+            prev_probs = dequantize(prev.feedback)
+            take = local_change(prev_probs > self.threshold, probs > self.threshold, clicks[-1])
+            if take is not None:
+                probs = np.where(take, probs, prev_probs)
+                feedback = np.where(take, feedback, prev.feedback)
         t3 = time.perf_counter()
         for stage, ms in (("prepare", t1 - t0), ("network", t2 - t1), ("post", t3 - t2)):
             self.timings[stage] += ms * 1000.0

@@ -32,7 +32,6 @@ from torch import nn
 from .runtime import RUNTIMES
 from .train_data import VAL_FRACTION, build_index, load_entries, present_sets
 
-
 #: The validation split's parts: ``whole`` (one whole, large object per held-out image of every training set, 177
 #: objects) and ``photos`` (every object above 0.2% of the image, at most four per image, of held-out everyday
 #: photos of COCO_instances and VOC2012_val: small objects, clutter and thin parts as annotators meet them).
@@ -128,6 +127,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--expansion-ratio", type=float, default=None, help="Zoom-In ROI expansion (predictor default)")
     ap.add_argument("--clicked-parts-only", action=argparse.BooleanOptionalAction, default=None,
                     help="answer only the mask's parts that hold a positive click (predictor default if unset: on)")
+    ap.add_argument("--local-merge", action=argparse.BooleanOptionalAction, default=None,
+                    help="take a corrective click's new map only where its change reaches the click "
+                         "(predictor default if unset)")
+    ap.add_argument("--click-guarantee", type=int, default=None, metavar="RADIUS",
+                    help="hold every click's disk of RADIUS px on its side in the answer; -1: off "
+                         "(predictor default if unset)")
     ap.add_argument("--runtime", choices=RUNTIMES, default=None, help="inference runtime (default: eager)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--device", default="cpu")
@@ -141,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     chosen = args.part or list(PARTS)
     options = {k: v for k, v in (("flip", args.flip), ("target_size", args.target_size),
                                  ("max_size", args.max_size), ("expansion_ratio", args.expansion_ratio),
-                                 ("clicked_parts_only", args.clicked_parts_only), ("runtime", args.runtime))
+                                 ("clicked_parts_only", args.clicked_parts_only), ("runtime", args.runtime),
+                                 ("local_merge", args.local_merge), ("click_guarantee", args.click_guarantee))
                if v is not None}
     for part in [p for p in chosen if not parts[p]]:  # e.g. a data root without COCO_instances or VOC2012_val
         print(f"no {part} objects under {args.data_root}; part skipped", file=sys.stderr)
