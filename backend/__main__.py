@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .app import create_app
+from backend.app import create_app
 
 
 def main() -> None:

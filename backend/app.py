@@ -1,7 +1,7 @@
-"""The HTTP service Label Studio talks to (Flask).
+"""The HTTP service Label Studio talks to (Flask): the composition root that wires the click and the learning path.
 
-Routes: ``GET /health``, ``POST /setup``, ``POST /predict``, ``POST /webhook``, ``GET /versions``, ``GET /fit``
-(fine-tuning jobs, :mod:`backend.fit`).
+Routes: ``GET /health``, ``POST /setup``, ``POST /predict`` (:mod:`backend.serve`), ``POST /webhook``,
+``GET /versions``, ``GET /fit`` (fine-tuning jobs, :mod:`backend.learning`).
 We speak the ML-backend protocol ourselves instead of using ``label-studio-ml``: its PyPI release
 (1.0.9, 2023) pins Flask 1.x and does not import, and its current version is only on GitHub.
 """
@@ -20,17 +20,17 @@ import torch
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .errors import BadRequest, Overloaded, ServiceError
-from .fit import FitManager
-from .fit_queue import make_fit_queue
-from .images import image_loader
-from .inference_worker import InferenceWorker
-from .redis_feedback import make_feedback_store
-from .service import PredictService
-from .settings import Settings, predictor_options
-from .training_store import TrainingStore
-from .versions import load_serving
-from .webhook_service import WebhookService
+from backend.common.errors import BadRequest, Overloaded, ServiceError
+from backend.feedback.redis_store import make_feedback_store
+from backend.images.loader import image_loader
+from backend.learning.intake import WebhookService
+from backend.learning.manager import FitManager
+from backend.learning.queue import make_fit_queue
+from backend.learning.store import TrainingStore
+from backend.learning.versions import load_serving
+from backend.serve.service import PredictService
+from backend.serve.worker import InferenceWorker
+from backend.settings import Settings, predictor_options
 
 log = logging.getLogger(__name__)
 OPEN_ROUTES = {"/health"}
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None, worker: InferenceWorker | None 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     training = TrainingStore(Path(settings.model_dir) / "training")
     # Fine-tuning jobs (its loader serves the promoted version): child processes of this app, or with REDIS_URL
-    # queued in Redis for `python -m backend.fit_worker`.
+    # queued in Redis for `python -m backend.learning.worker`.
     fit = FitManager(settings, training, queue=make_fit_queue(settings))
     if worker is None:
         def load() -> tuple[torch.nn.Module, str]:  # in the worker thread: the promoted version, else the base

@@ -30,6 +30,8 @@
 | ``ZOOM_IN`` / ``FLIP`` | ``true`` / ``true`` | predictor settings |
 | ``TARGET_SIZE`` / ``EXPANSION_RATIO`` / ``MAX_SIZE`` | ``480`` / ``3.0`` / ``480`` | predictor: px, ratio, px |
 | ``CLICKED_PARTS_ONLY`` | ``true`` | answer only the mask's parts that hold a positive click (``false``: all parts) |
+| ``LOCAL_MERGE`` | ``true`` | a corrective click changes the mask only where its change reaches the click |
+| ``CLICK_GUARANTEE`` | ``3`` | radius (px) of each click's disk held on the click's side in the answer (-1: off) |
 | ``RUNTIME`` | ``openvino`` | CPU runtime of the network: ``openvino``, ``onnxruntime`` or ``torch`` (see below) |
 | ``TORCH_THREADS`` | adaptive | CPU threads of a click; unset: the cores other processes leave free (see below) |
 | ``MODEL_VERSION`` | from the checkpoint | version string reported to Label Studio |
@@ -43,7 +45,7 @@
 | ``FIT_EMA`` | ``0`` | EMA decay of the fine-tuned weights (``0``: the last weights) |
 | ``FIT_EVAL_CLICKS`` | ``20`` | simulated clicks per held-out sample in the before/after NoC evaluation |
 | ``FIT_MIN_HELDOUT`` / ``FIT_MIN_TRAIN`` | ``10`` / ``10`` | samples the gate needs before a job may run |
-| ``FIT_GATE`` / ``FIT_GATE_ALPHA`` | ``paired`` / ``0.05`` | promotion rule (``backend/fit_gate.py``) |
+| ``FIT_GATE`` / ``FIT_GATE_ALPHA`` | ``paired`` / ``0.05`` | promotion rule (``backend/learning/gate.py``) |
 | ``FIT_MAX_VAL_SAMPLES`` / ``FIT_MAX_TRAIN_SAMPLES`` | ``30`` / ``500`` | newest samples a job evaluates / trains on |
 | ``FIT_THREADS`` | ``1`` | torch CPU threads of the job process |
 | ``FIT_NICE`` | ``10`` | niceness added to the job process, so serving keeps priority |
@@ -51,8 +53,8 @@
 | ``FIT_KEEP_VERSIONS`` | ``5`` | newest promoted versions whose files are kept in ``MODEL_DIR/versions`` |
 
 ``TORCH_THREADS`` unset: before each click the worker measures how many cores other processes used since the last
-one and runs on the rest, between 1 and all cores (``backend/cpu_share.py``; on a shared 2-core machine a click on
-both cores took 3x longer than on one). A number fixes the count.
+one and runs on the rest, between 1 and all cores (``backend/serve/cpu_share.py``; on a shared 2-core machine a
+click on both cores took 3x longer than on one). A number fixes the count.
 
 ``RUNTIME``: a missing package falls back to ``torch`` (PyTorch eager) with a log line; CUDA always runs ``torch``.
 
@@ -69,11 +71,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from model.finetune import PARTS, FineTuneConfig
-from model.predictor import CLICKED_PARTS_ONLY, EXPANSION_RATIO, MAX_SIZE, TARGET_SIZE
+from model.predictor import CLICK_GUARANTEE, CLICKED_PARTS_ONLY, EXPANSION_RATIO, LOCAL_MERGE, MAX_SIZE, TARGET_SIZE
+from model.training import PARTS, FineTuneConfig
 
-GATES = ("paired", "always")  # FIT_GATE's values (backend.fit_gate applies them)
-_RECIPE = FineTuneConfig()  # the fit job's recipe defaults (model.finetune) are the FIT_* defaults
+GATES = ("paired", "always")  # FIT_GATE's values (backend.learning.gate applies them)
+_RECIPE = FineTuneConfig()  # the fit job's recipe defaults (model.training.finetune) are the FIT_* defaults
 
 
 def _env(default: Any, *names: str, empty_ok: bool = False) -> Any:
@@ -129,6 +131,8 @@ class Settings:
     expansion_ratio: float = _env(EXPANSION_RATIO, "EXPANSION_RATIO")
     max_size: int = _env(MAX_SIZE, "MAX_SIZE")
     clicked_parts_only: bool = _env(CLICKED_PARTS_ONLY, "CLICKED_PARTS_ONLY")
+    local_merge: bool = _env(LOCAL_MERGE, "LOCAL_MERGE")
+    click_guarantee: int = _env(CLICK_GUARANTEE, "CLICK_GUARANTEE")
     runtime: str = _env("openvino", "RUNTIME")
     torch_threads: int | None = _env(None, "TORCH_THREADS")
     model_version: str | None = _env(None, "MODEL_VERSION")
@@ -210,4 +214,5 @@ def predictor_options(settings: Settings) -> dict[str, Any]:
     """The serving predictor's options (the inference worker and the job's evaluation use the same)."""
     return dict(zoom_in=settings.zoom_in, flip=settings.flip, target_size=settings.target_size,
                 expansion_ratio=settings.expansion_ratio, max_size=settings.max_size, runtime=settings.runtime,
-                clicked_parts_only=settings.clicked_parts_only)
+                clicked_parts_only=settings.clicked_parts_only, local_merge=settings.local_merge,
+                click_guarantee=settings.click_guarantee)

@@ -1,10 +1,10 @@
 """Full FCFI against the paper's baseline, scored on the same samples, with a paired bootstrap.
 
 Each variant is trained with several seeds; every seed's checkpoint is scored on the same samples, by
-``python -m model.validation --curves FILE`` (the held-out split of the training sets) or
-``python -m model.evaluate --json FILE`` (GrabCut, Berkeley, DAVIS: one entry per dataset). Per sample, a variant's
-NoC is the mean over its seeds; the gap ``fcfi - base`` per sample is then resampled with replacement (pairs kept,
-``model.metrics.bootstrap_mean_changes``). A negative gap means full FCFI needs fewer clicks.
+``python -m model.training.validation --curves FILE`` (the held-out split of the training sets) or
+``python -m model.evaluation.evaluate --json FILE`` (GrabCut, Berkeley, DAVIS: one entry per dataset). Per sample, a
+variant's NoC is the mean over its seeds; the gap ``fcfi - base`` per sample is then resampled with replacement (pairs
+kept, ``model.metrics.bootstrap_mean_changes``). A negative gap means full FCFI needs fewer clicks.
 
 Prints one JSON line per sample set: per variant the mean NoC@85/90, NoF@90 and IoU@1 (each seed and the seed
 mean), the gap of NoC@85 and NoC@90 with its 95% bootstrap interval, and the one-sided p that FCFI is not better
@@ -12,7 +12,7 @@ mean), the gap of NoC@85 and NoC@90 with its 95% bootstrap interval, and the one
 such lines into the README's table (validation first; a gap in bold when its interval excludes 0).
 
 Usage: python -m benchmarks.ablation_paired --fcfi full_s0.json full_s1.json --base none_s0.json none_s1.json
-       python -m benchmarks.ablation_paired --table benchmarks/results/ablation_cpu_paired.jsonl
+       python -m benchmarks.ablation_paired --table experiments/results/ablation_cpu_paired.jsonl
 """
 
 from __future__ import annotations

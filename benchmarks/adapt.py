@@ -1,6 +1,6 @@
 """The fit hook's use case measured: does the backend adapt to a new domain from N annotations?
 
-Domain: frames of DAVIS-345 (``--domain davis``, default; not among the sets ``model.train`` trains on, which
+Domain: frames of DAVIS-345 (``--domain davis``, default; not among the sets ``model.training.train`` trains on, which
 refuses it) or WeizmannHorse (``--domain horse``; note that it *is* a training set of the default model).
 DAVIS-345 names no sequences, so frames are grouped into approximate video sequences by the correlation of
 32x18 thumbnails (> 0.7, linked transitively) and whole groups go to the held-out side: the held-out frames are
@@ -13,9 +13,9 @@ What it does, end to end as in production:
    (``python -m backend --host 127.0.0.1 --port P``, ``MODEL_DIR`` in a temp folder, ``CHECKPOINT``,
    ``ALLOW_PRIVATE_URLS=true``, ``FIT_EVERY_N_SAMPLES=0``, ``FIT_STEPS`` etc. from the options);
 2. measures NoC@85/90 and mIoU of the checkpoint on the held-out frames (in this process, with the serving
-   predictor options and the evaluation protocol of ``model.evaluate``);
+   predictor options and the evaluation protocol of ``model.evaluation.evaluate``);
 3. POSTs ``--n`` ``ANNOTATION_CREATED`` webhooks exactly as Label Studio sends them (annotation, task and project
-   rows, the ground-truth mask as brush RLE of ``backend.rle.encode_mask``), then ``START_TRAINING``;
+   rows, the ground-truth mask as brush RLE of ``backend.ls.rle.encode_mask``), then ``START_TRAINING``;
 4. polls ``GET /fit`` until the job is promoted, rejected or failed, and reads its wall time;
 5. evaluates the version the backend serves afterwards (and a rejected candidate, ``MODEL_DIR/fit/rejected.pth``)
    on the same held-out frames.
@@ -49,11 +49,11 @@ import requests
 import torch
 from PIL import Image
 
-from backend.rle import encode_mask
+from backend.learning.versions import read_pointer
+from backend.ls.rle import encode_mask
 from backend.settings import Settings, predictor_options
-from backend.versions import read_pointer
 from model import FCFIPredictor, default_checkpoint_path, load_checkpoint
-from model.validation import click_curves, summarize
+from model.protocol import click_curves, curve_figures
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = {"davis": ("DAVIS", "img", "gt"), "horse": ("WeizmannHorse", "images", "masks")}
@@ -208,7 +208,7 @@ def evaluate(checkpoint: Path, samples: list[tuple[np.ndarray, np.ndarray]], set
     t0 = time.perf_counter()
     predictor = FCFIPredictor(load_checkpoint(checkpoint), **predictor_options(settings))
     curves = click_curves(predictor, [(rgb, gt.astype(np.int8)) for rgb, gt in samples], n_clicks)
-    figures = {k: round(v, 4) for k, v in summarize(curves, n_clicks).items()}
+    figures = {k: round(v, 4) for k, v in curve_figures(curves, n_clicks).items()}
     return {**figures, "seconds": round(time.perf_counter() - t0, 1)}
 
 

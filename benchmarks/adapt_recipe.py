@@ -2,9 +2,9 @@
 
 In-process and without the HTTP service (``benchmarks/adapt.py`` measures the whole path): the same domain split as
 ``benchmarks.adapt`` (DAVIS-345 frames grouped into approximate shots, whole shots held out), the first ``--n``
-frames of the annotation pool fine-tune a copy of the checkpoint with :func:`model.finetune.fine_tune`, and NoC@85/90
-of the checkpoint and of the fine-tuned copy are measured on the held-out frames with the serving predictor options
-(each sample stops at 90% IoU, so both NoCs are exact). ``--grabcut`` also measures NoC@90 on GrabCut (the
+frames of the annotation pool fine-tune a copy of the checkpoint with :func:`model.training.finetune.fine_tune`, and
+NoC@85/90 of the checkpoint and of the fine-tuned copy are measured on the held-out frames with the serving predictor
+options (each sample stops at 90% IoU, so both NoCs are exact). ``--grabcut`` also measures NoC@90 on GrabCut (the
 general-quality check: the adapted model must stay within 0.3 of the base model).
 
 Prints one JSON line: the recipe, the training seconds, the figures before and after, and the per-sample NoC@90
@@ -26,12 +26,12 @@ from PIL import Image
 
 from backend.settings import Settings, predictor_options
 from model import FCFIPredictor, default_checkpoint_path, load_checkpoint
-from model.datasets import load_dataset
-from model.finetune import PARTS, FineTuneConfig, fine_tune, training_image
+from model.evaluation.datasets import load_dataset
 from model.metrics import noc
-from model.train_data import build_index, load_entries, present_sets
-from model.train_step import StepConfig
-from model.validation import click_curves, summarize
+from model.protocol import click_curves, curve_figures
+from model.training.data import build_index, load_entries, present_sets
+from model.training.finetune import PARTS, FineTuneConfig, fine_tune, training_image
+from model.training.step import StepConfig
 
 from .adapt import DOMAINS, ROOT, list_frames, load_mask, split_domain
 
@@ -42,7 +42,7 @@ def score(net: torch.nn.Module, samples: list[tuple[np.ndarray, np.ndarray]], n_
     """Summary figures and per-sample NoC@90 with the serving predictor options, stopping at 90% IoU."""
     predictor = FCFIPredictor(net.eval(), **predictor_options(Settings.from_env()))
     curves = click_curves(predictor, samples, n_clicks, stop_iou=0.90)
-    figures = summarize(curves, n_clicks)
+    figures = curve_figures(curves, n_clicks)
     figures.pop("miou")
     return {**figures, "per_sample_noc90": [noc(c, 0.90, n_clicks) for c in curves]}
 

@@ -1,4 +1,4 @@
-"""One NoC table (markdown) from several ``python -m model.evaluate --json`` results, on common samples.
+"""One NoC table (markdown) from several ``python -m model.evaluation.evaluate --json`` results, on common samples.
 
 Each method is ``LABEL=RESULT.json[,MORE.json]``: the files' datasets are merged (e.g. GrabCut and Berkeley from
 one run, DAVIS from another). With ``--subset-of REF.json`` every method is scored only on the samples (by name)
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from model.evaluation.plot_curves import plot_miou_curves
 from model.metrics import nof
-from model.plot_curves import plot_miou_curves
 
 
 def load_method(spec: str) -> tuple[str, dict[str, Any]]:

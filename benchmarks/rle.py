@@ -1,4 +1,4 @@
-"""Brush RLE codec speed: our vectorised numpy codec (backend.rle) against label_studio_sdk's.
+"""Brush RLE codec speed: our vectorised numpy codec (backend.ls.rle) against label_studio_sdk's.
 
 For each mask it checks that both encoders give the same ints and that both decoders give the
 same alpha map, then prints one JSON line with median timings in ms:
@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 from label_studio_sdk.converter import brush
 
-from backend.rle import decode_rle, encode_mask
+from backend.ls.rle import decode_rle, encode_mask
 
 
 def disc(width: int, height: int) -> np.ndarray:

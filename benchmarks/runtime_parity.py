@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from model import FCFIPredictor, default_checkpoint_path, load_checkpoint
 from model.clicker import Clicker
-from model.datasets import DEFAULT_DATA_ROOT, load_dataset
-from model.evaluate import evaluate_sample
+from model.evaluation.datasets import DEFAULT_DATA_ROOT, load_dataset
 from model.metrics import MAX_CLICKS, iou, noc
 from model.predictor import MASK_THRESHOLD
+from model.protocol import evaluate_sample
 from model.runtime import RUNTIMES
 
 

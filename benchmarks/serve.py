@@ -20,6 +20,8 @@ On a GPU: ``DEVICE=cuda python -m benchmarks.serve --runtimes torch`` (``--devic
 machine), ``rle`` says so instead of comparing.
 
 Usage: python -m benchmarks.serve [--runtimes torch openvino] [--sessions 5] [--clicks 10] [--threads N] [--device D]
+       python -m benchmarks.serve --runtimes openvino --corrections-off   # the served default against the one before
+                                                                          # the local merge and the click guarantee
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from PIL import Image
 from werkzeug.serving import make_server
 
 from backend.app import create_app
-from backend.rle import decode_rle, encode_mask
+from backend.ls.rle import decode_rle, encode_mask
 from backend.settings import Settings
 from benchmarks.peak import measure_peak
 from benchmarks.stand_in import TOKEN, predict_payload, serve_files, session_clicks
@@ -68,13 +70,18 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
+#: ``--corrections-off``: the settings of the served default before the local merge and the click guarantee.
+NO_CORRECTIONS = {"local_merge": False, "click_guarantee": -1}
+
+
 def run_runtime(runtime: str, checkpoint: str, ls_url: str, images: list[tuple[str, np.ndarray]], clicks: int,
-                threads: int, open_delay: float, device: str = "cpu") -> tuple[dict, list[np.ndarray], float]:
-    """Serve with ``runtime`` and click every image's session; returns (summary, last session's masks,
-    mean background store time per click in ms)."""
+                threads: int, open_delay: float, device: str = "cpu", overrides: dict[str, Any] | None = None
+                ) -> tuple[dict, list[np.ndarray], float]:
+    """Serve with ``runtime`` (and ``overrides`` of the served settings) and click every image's session; returns
+    (summary, last session's masks, mean background store time per click in ms)."""
     settings = Settings(checkpoint=checkpoint, label_studio_url=ls_url, label_studio_api_key=TOKEN,
                         torch_threads=threads, log_level="WARNING", runtime=runtime, device=device,
-                        model_dir=Path(tempfile.mkdtemp(prefix="serve-bench-")))
+                        model_dir=Path(tempfile.mkdtemp(prefix="serve-bench-")), **(overrides or {}))
     app = create_app(settings)
     http = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=http.serve_forever, daemon=True).start()
@@ -144,6 +151,10 @@ def main() -> None:
     ap.add_argument("--clicks", type=int, default=10)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--device", default=Settings.from_env().device, help="cpu or cuda (default: DEVICE)")
+    ap.add_argument("--corrections-off", action="store_true",
+                    help="also serve each runtime without the local merge and the click guarantee (the default before "
+                         "them), named RUNTIME-no-corrections, and report the served default's median click over it "
+                         "(corrections_cost)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -160,8 +171,11 @@ def main() -> None:
     results: dict[str, dict] = {}
     masks: list[np.ndarray] = []
     store_ms = 0.0
-    for r_i, runtime in enumerate(args.runtimes):
-        # Fresh image bytes per runtime and session, so no runtime finds an image already decoded.
+    variants = [(rt, rt, None) for rt in args.runtimes]
+    if args.corrections_off:  # the variant without first, so neither always runs on a warmer machine
+        variants = [v for rt in args.runtimes for v in ((f"{rt}-no-corrections", rt, NO_CORRECTIONS), (rt, rt, None))]
+    for r_i, (name, runtime, overrides) in enumerate(variants):
+        # Fresh image bytes per run and session, so no run finds an image already decoded.
         files, images = {}, []
         for s_i in range(args.sessions):
             data, obj = make_image(seed=1000 * r_i + s_i)
@@ -169,18 +183,22 @@ def main() -> None:
             files[path] = data
             images.append((path, obj))
         server = serve_files(files)
-        results[runtime], masks, store_ms = run_runtime(runtime, checkpoint, f"http://127.0.0.1:{server.server_port}",
-                                                        images, args.clicks, args.threads, args.open_delay,
-                                                        args.device)
+        results[name], masks, store_ms = run_runtime(runtime, checkpoint, f"http://127.0.0.1:{server.server_port}",
+                                                     images, args.clicks, args.threads, args.open_delay,
+                                                     args.device, overrides)
         server.shutdown()
 
     ref = results[args.runtimes[0]]["click_ms"]["median"]
+    cost = {rt: {k: round(results[rt][k]["median"] / results[f"{rt}-no-corrections"][k]["median"], 3)
+                 for k in ("click_ms", "later_click_ms")}
+            for rt in args.runtimes} if args.corrections_off else None
     print(json.dumps({
         "image": [H, W], "clicks": args.clicks, "sessions": args.sessions, "weights": weights, "device": args.device,
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "threads": args.threads, "cpu_count": os.cpu_count(), "torch": torch.__version__, "peak": peak,
         "runtimes": results,
         "speedup": {k: round(ref / v["click_ms"]["median"], 2) for k, v in results.items()},
+        "corrections_cost": cost,
         "store_after_answer_ms": round(store_ms, 1),
         "rle": compare_rle(masks),
     }))

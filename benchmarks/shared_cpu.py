@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from backend.cpu_share import CpuShare
+from backend.serve.cpu_share import CpuShare
 from model import Click, FCFIPredictor, build_model, default_checkpoint_path, load_checkpoint
 
 
@@ -32,7 +32,7 @@ def _hog(stop: mp.Event) -> None:
 
 
 def click_ms(net: torch.nn.Module, runtime: str, threads: int | None, repeats: int) -> list[float]:
-    """Clicks on ``threads`` threads; None: chosen before each click as the service does (backend.cpu_share)."""
+    """Clicks on ``threads`` threads; None: chosen before each click as the service does (backend.serve.cpu_share)."""
     cores = os.cpu_count() or 1
     torch.set_num_threads(threads or cores)  # the runtimes take torch's thread count (model.runtime)
     pred = FCFIPredictor(net, zoom_in=False, flip=True, max_size=480, runtime=runtime)

@@ -1,9 +1,9 @@
 """Seconds per training step on the machine at hand: fp32 against bf16 autocast, with and without channels-last.
 
 Whether bf16 autocast pays depends on the CPU (it was slower than fp32 with channels-last on a Xeon with AMX and
-about 9x slower on an AVX2-only one), so ``model.train`` keeps ``--bf16`` off unless this says otherwise here.
+about 9x slower on an AVX2-only one), so ``model.training.train`` keeps ``--bf16`` off unless this says otherwise here.
 
-Each case runs the real recipe step (:func:`model.train_step.train_step`: simulated correction rounds, the FCFI
+Each case runs the real recipe step (:func:`model.training.step.train_step`: simulated correction rounds, the FCFI
 loss, Adam, gradient clipping) on lite0 with ImageNet weights, on one synthetic batch (random pixels, an
 ellipse as the object, its centre clicked). Every case runs the same step numbers, so the same simulated rounds
 (drawn from ``(seed, step)``) and first-click batches: the comparison is paired. Prints one JSON line per crop::
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from model import build_model
-from model.train_step import Batch, StepConfig, param_groups, train_step
+from model.training.step import Batch, StepConfig, param_groups, train_step
 
 
 def synthetic_batch(batch: int, crop: tuple[int, int], seed: int = 0) -> Batch:

@@ -14,12 +14,12 @@ PY="${PYTHON:-.venv/bin/python}"
 OUT=runs/long_photos
 PACK=experiments/resume/long_photos.pt
 case "${1:-}" in
-  pack) exec "$PY" -m model.run_pack pack "$OUT" "$PACK" ;;
-  restore) exec "$PY" -m model.run_pack restore "$PACK" "$OUT" ;;
+  pack) exec "$PY" -m model.training.run_state pack-one "$OUT" "$PACK" ;;
+  restore) exec "$PY" -m model.training.run_state unpack-one "$PACK" "$OUT" ;;
 esac
 DATA="${1:-../shared/data}"
 mkdir -p runs
-nohup "$PY" -m model.train --out "$OUT" --init model/weights/lite0_fcfi.pth --data-root "$DATA" \
+nohup "$PY" -m model.training.train --out "$OUT" --init model/weights/lite0_fcfi.pth --data-root "$DATA" \
     --steps 12000 --batch-size 8 --threads 2 --crop 256x256@0,320x480@0.85 --lr 4e-4 --warmup 200 --ema 0.999 \
     --click-loss 0.5 --val-every 1000 --ckpt-every 100 --seed 2 >> runs/long_photos.log 2>&1 &
 echo "training in the background (pid $!); log runs/long_photos.log, validation in $OUT/log.jsonl"

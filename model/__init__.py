@@ -9,16 +9,17 @@ This package knows nothing of Label Studio.
 >>> probs, state = predictor.predict([Click(120, 80, True), Click(40, 60, False)], state)
 """
 
-from .builder import ARCHS, build_model
-from .checkpoint import CheckpointError, default_checkpoint_path, load_checkpoint, save_checkpoint
-from .clicks import Click
-from .predictor import FCFIPredictor, PredictorState
+from model.builder import ARCHS, build_model
+from model.checkpoint import CheckpointError, default_checkpoint_path, load_checkpoint, save_checkpoint
+from model.clicks import Click
+from model.predictor import FCFIPredictor, PredictorOptions, PredictorState
 
 __all__ = [
     "ARCHS",
     "CheckpointError",
     "Click",
     "FCFIPredictor",
+    "PredictorOptions",
     "PredictorState",
     "build_model",
     "default_checkpoint_path",

@@ -11,13 +11,13 @@ ARCHS = ("lite0", "hrnet18", "hrnet18s", "r101")
 
 
 def _lite0(**options: Any) -> nn.Module:
-    from .lite0 import Lite0FCFI
+    from model.lite0 import Lite0FCFI
 
     return Lite0FCFI(**options)
 
 
 def _hrnet(small: bool, **options: Any) -> nn.Module:
-    from .hrnet import HRNetFCFI
+    from model.hrnet import HRNetFCFI
 
     params = dict(width=18, ocr_width=48, mid_ch=64, small=small)
     params.update(options)
@@ -25,7 +25,7 @@ def _hrnet(small: bool, **options: Any) -> nn.Module:
 
 
 def _r101(**options: Any) -> nn.Module:
-    from .deeplab import DeepLabFCFI
+    from model.deeplab import DeepLabFCFI
 
     params = dict(backbone="resnet101", deeplab_ch=256, mid_ch=32)
     params.update(options)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvBNReLU, XConvBNReLU
+from model.layers import ConvBNReLU, XConvBNReLU
 
 
 class CollaborativeFeedbackFusionModule(nn.Module):

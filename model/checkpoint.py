@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .builder import build_model
+from model.builder import build_model
 
 HRNET_CLASS = "isegm.model.is_hrnet_model.HRNetModel"
 DEEPLAB_CLASS = "isegm.model.is_deeplab_model.DeeplabModel"
@@ -259,7 +259,8 @@ def load_checkpoint(path: str | os.PathLike | None = None, device: str | torch.d
     if path is None or str(path) == "default":
         path = default_checkpoint_path()
         if not path.exists():
-            raise CheckpointError(f"no shipped default weights at {path}; train them with `python -m model.train`")
+            raise CheckpointError(f"no shipped default weights at {path}; "
+                                  "train them with `python -m model.training.train`")
     payload = read_checkpoint(path)
     state = payload["state_dict"]
     if state and all(k.startswith("module.") for k in state):

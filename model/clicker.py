@@ -21,7 +21,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .clicks import Click
+from model.clicks import Click
 
 
 def error_distance(error: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .clicks import Click
+from model.clicks import Click
 
 #: A changed part counts as the newest click's when it comes within this share of the image diagonal of the click
 #: (at least :data:`MERGE_MIN_RADIUS` pixels): a click on a missed part is answered by a part that holds it or

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import IMAGENET_MEAN_STD, ClickSegmentationModel, require_new_points
-from .cffm import CollaborativeFeedbackFusionModule
-from .ffcm import FocusedCorrectionModule
-from .layers import Bottleneck, SeparableConv2d, init_weights, maps_transform
+from model.base import IMAGENET_MEAN_STD, ClickSegmentationModel, require_new_points
+from model.cffm import CollaborativeFeedbackFusionModule
+from model.ffcm import FocusedCorrectionModule
+from model.layers import Bottleneck, SeparableConv2d, init_weights, maps_transform
 
 #: Bottleneck blocks per stage of the supported ResNetV1b backbones.
 RESNET_BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3), "resnet152": (3, 8, 36, 3)}

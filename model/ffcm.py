@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvBNReLU, XConvBNReLU
+from model.layers import ConvBNReLU, XConvBNReLU
 
 
 def click_box(y: float, x: float, height: int, width: int, ratio: float) -> tuple[int, int, int, int]:

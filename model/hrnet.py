@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import IMAGENET_MEAN_STD, ClickSegmentationModel, require_new_points
-from .cffm import CollaborativeFeedbackFusionModule
-from .ffcm import FocusedCorrectionModule
-from .layers import Bottleneck, init_weights, maps_transform
+from model.base import IMAGENET_MEAN_STD, ClickSegmentationModel, require_new_points
+from model.cffm import CollaborativeFeedbackFusionModule
+from model.ffcm import FocusedCorrectionModule
+from model.layers import Bottleneck, init_weights, maps_transform
 
 
 def _upsample(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:

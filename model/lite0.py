@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import IMAGENET_MEAN_STD, ClickSegmentationModel, require_new_points
-from .cffm import CollaborativeFeedbackFusionModule
-from .ffcm import FocusedCorrectionModule
-from .layers import XConvBNReLU, init_weights, maps_transform
+from model.base import IMAGENET_MEAN_STD, ClickSegmentationModel, require_new_points
+from model.cffm import CollaborativeFeedbackFusionModule
+from model.ffcm import FocusedCorrectionModule
+from model.layers import XConvBNReLU, init_weights, maps_transform
 
 FCFI_VARIANTS = ("full", "ffcm", "cffm", "none")
 

@@ -8,6 +8,7 @@ replayed in order, which gives the same result.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -21,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clicks import Click, points_tensor
-from .corrections import GUARANTEE_RADIUS, guarantee_clicks, local_change
-from .runtime import make_runner
-from .zoom_in import Box, next_roi
+from model.clicks import Click, points_tensor
+from model.corrections import GUARANTEE_RADIUS, guarantee_clicks, local_change
+from model.runtime import make_runner
+from model.zoom_in import Box, next_roi
 
 #: A pixel is object where its probability is above this (0.49, as the official evaluation thresholds). The one
 #: definition: the predictor applies it (:meth:`FCFIPredictor.mask`), evaluation, training and the service read it.
@@ -191,6 +192,36 @@ class PredictorState:
         clicks = tuple(Click(float(x), float(y), bool(p)) for x, y, p in header["clicks"])
         roi = tuple(int(v) for v in header["roi"]) if header["roi"] is not None else None
         return cls(clicks, dequantize(feedback), feedback, roi_map, roi, header["image_id"])
+
+
+#: The :class:`PredictorOptions` fields a command line may override, with their flags' help; one list for
+#: ``model.evaluation.evaluate`` and ``model.training.validation`` (:func:`add_option_arguments`).
+_OPTION_FLAGS: tuple[tuple[str, type | None, str], ...] = (
+    ("target_size", int, "Zoom-In long side (px)"),
+    ("max_size", int, "longest network-input side (px): the first click's full image, and the cap of a Zoom-In crop"),
+    ("expansion_ratio", float, "Zoom-In ROI expansion around the object's box"),
+    ("clicked_parts_only", None, "answer only the mask's parts that hold a positive click"),
+    ("local_merge", None, "take a corrective click's new map only where its change reaches the click"),
+    ("click_guarantee", int, "hold every click's disk of this radius (px) on its side in the answer; -1: off"),
+)
+
+
+def add_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--target-size``, ``--max-size``, ``--expansion-ratio``, ``--[no-]clicked-parts-only``,
+    ``--[no-]local-merge`` and ``--click-guarantee`` to ``parser``; unset, each keeps the served default."""
+    for name, kind, text in _OPTION_FLAGS:
+        flag = "--" + name.replace("_", "-")
+        default = getattr(PredictorOptions(), name)
+        if kind is None:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{text} (served default: {'on' if default else 'off'})")
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=f"{text} (served default: {default})")
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """The :func:`add_option_arguments` flags that were given, as :class:`PredictorOptions` overrides."""
+    return {name: getattr(args, name) for name, _, _ in _OPTION_FLAGS if getattr(args, name, None) is not None}
 
 
 class FCFIPredictor:

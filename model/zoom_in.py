@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .clicks import Click
+from model.clicks import Click
 
 Box = tuple[int, int, int, int]
 

@@ -14,7 +14,7 @@ import torch
 
 from model import build_model
 from model.clicks import points_tensor
-from model.losses import normalized_focal_loss
+from model.training.losses import normalized_focal_loss
 
 
 def synthetic_batch(rng: np.random.Generator, batch: int, height: int, width: int):

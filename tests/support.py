@@ -17,9 +17,9 @@ from PIL import Image
 from werkzeug.serving import make_server
 
 from backend.app import create_app
-from backend.rle import decode_rle, encode_alpha, encode_mask
+from backend.learning.store import split_for_task
+from backend.ls.rle import decode_rle, encode_alpha, encode_mask
 from backend.settings import Settings
-from backend.training_store import split_for_task
 
 CONFIG = (Path(__file__).resolve().parents[1] / "label_config.xml").read_text()
 W, H = 160, 120

@@ -1,4 +1,4 @@
-"""The CPU ablation campaign's control flow (scripts/ablation_cpu.sh), with a stand-in interpreter.
+"""The CPU ablation campaign's control flow (experiments/ablation_cpu.sh), with a stand-in interpreter.
 
 The campaign runs for days across sessions and machines that may come back bare, so what it does at each
 restart matters: restore a committed resume state, skip what is done, score each run once, pair the seeds
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ablation_cpu.sh"
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "ablation_cpu.sh"
 
 # Records each call and makes the files the real module would make, so the script's checks see them.
 STAND_IN = """#!{python}
@@ -25,16 +25,16 @@ with open({log!r}, "a") as f:
 def opt(name):
     return pathlib.Path(args[args.index(name) + 1])
 module = args[1]
-if module == "model.train":
+if module == "model.training.train":
     out = opt("--out"); out.mkdir(parents=True, exist_ok=True)
     (out / "train_state.pth").write_text("s"); (out / "final.pth").write_text("f")
-elif module == "model.validation":
+elif module == "model.training.validation":
     opt("--curves").write_text("{{}}")
-elif module == "model.evaluate":
+elif module == "model.evaluation.evaluate":
     opt("--json").write_text("{{}}")
-elif module == "model.run_state" and args[2] == "unpack":
+elif module == "model.training.run_state" and args[2] == "unpack":
     out = pathlib.Path(args[4]); out.mkdir(parents=True, exist_ok=True); (out / "train_state.pth").write_text("s")
-elif module == "model.run_state" and args[2] == "pack":
+elif module == "model.training.run_state" and args[2] == "pack":
     pathlib.Path(args[4]).mkdir(parents=True, exist_ok=True); (pathlib.Path(args[4]) / "state.pt").write_text("p")
 elif module == "benchmarks.ablation_paired":
     print(json.dumps({{"fcfi": args[args.index("--fcfi") + 1:args.index("--base")]}}))
@@ -60,9 +60,9 @@ def _calls(log: Path) -> list[list[str]]:
 def _summary(calls: list[list[str]]) -> list[str]:
     out = []
     for c in calls:
-        run_state = {"pack": c[3], "unpack": c[-1]}.get(c[2], "") if c[1] == "model.run_state" else ""
+        run_state = {"pack": c[3], "unpack": c[-1]}.get(c[2], "") if c[1] == "model.training.run_state" else ""
         target = c[c.index("--out") + 1] if "--out" in c else run_state  # the run folder each call is about
-        out.append(f"{c[1]} {c[2] if c[1] == 'model.run_state' else ''} {Path(target).name}".split())
+        out.append(f"{c[1]} {c[2] if c[1] == 'model.training.run_state' else ''} {Path(target).name}".split())
     return [" ".join(x) for x in out]
 
 
@@ -73,16 +73,17 @@ def test_the_campaign_restores_trains_scores_and_pairs_in_order(tmp_path: Path) 
     subprocess.run(["bash", str(SCRIPT)], env=env, check=True, capture_output=True)
     calls = _calls(log)
     modules = _summary(calls)
-    assert modules[:5] == ["model.run_state unpack full-s0", "model.train full-s0", "model.validation",
-                           "model.evaluate", "model.train none-s0"]
-    assert [m for m in modules if m.startswith("model.train")] == [
-        "model.train full-s0", "model.train none-s0", "model.train full-s1", "model.train none-s1"]
+    assert modules[:5] == ["model.training.run_state unpack full-s0", "model.training.train full-s0",
+                           "model.training.validation", "model.evaluation.evaluate", "model.training.train none-s0"]
+    assert [m for m in modules if m.startswith("model.training.train")] == [
+        "model.training.train full-s0", "model.training.train none-s0", "model.training.train full-s1",
+        "model.training.train none-s1"]
     train = calls[1]
     assert train[train.index("--steps") + 1] == "17600" and train[train.index("--fcfi") + 1] == "full"
     # Scored as the GPU ablation was: the networks themselves, without flip or the clicked-parts clean-up.
-    scoring = [c for c in calls if c[1] in ("model.validation", "model.evaluate")]
+    scoring = [c for c in calls if c[1] in ("model.training.validation", "model.evaluation.evaluate")]
     assert len(scoring) == 8 and all("--no-clicked-parts-only" in c for c in scoring)
-    assert all("--no-flip" in c for c in scoring if c[1] == "model.evaluate")
+    assert all("--no-flip" in c for c in scoring if c[1] == "model.evaluation.evaluate")
     # The paired bootstrap after each baseline run: seed 0 alone, then both seeds.
     paired = [c for c in calls if c[1] == "benchmarks.ablation_paired"]
     assert len(paired) == 4  # val and gb, twice
@@ -109,7 +110,7 @@ def test_pack_saves_only_the_run_in_progress_and_drops_scored_states(tmp_path: P
     (runs / "none-s0").mkdir(parents=True)
     (runs / "none-s0" / "train_state.pth").write_text("s")
     subprocess.run(["bash", str(SCRIPT), "pack"], env=env, check=True, capture_output=True)
-    assert _summary(_calls(log)) == ["model.run_state pack none-s0"]
+    assert _summary(_calls(log)) == ["model.training.run_state pack none-s0"]
     assert sorted(p.name for p in state.iterdir()) == ["none-s0"]
 
     # Nothing in progress (the next run has no checkpoint yet): nothing packed.

@@ -150,7 +150,7 @@ def test_basic_auth(checkpoint, label_studio) -> None:
 
 
 def test_webhook_stores_removes_and_rejects(server) -> None:
-    from backend.rle import encode_mask
+    from backend.ls.rle import encode_mask
 
     _, obj = scene()
     region = {"id": "r1", "type": "brushlabels", "from_name": "tag", "to_name": "image", "original_width": W,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from backend.cpu_share import CpuShare, _proc_times
+from backend.serve.cpu_share import CpuShare, _proc_times
 
 
 class Fake:

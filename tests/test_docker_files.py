@@ -111,8 +111,8 @@ def test_compose_scale_profile_fit_worker_runs_the_queued_jobs() -> None:
     worker, replica = services["fit-worker"], services["backend-replica"]
     assert worker["profiles"] == ["scale"]
     assert worker["build"] == replica["build"]  # the same image as the replicas
-    assert worker["command"] == ["python", "-m", "backend.fit_worker"]
-    assert (ROOT / "backend" / "fit_worker.py").is_file()
+    assert worker["command"] == ["python", "-m", "backend.learning.worker"]
+    assert (ROOT / "backend" / "learning" / "worker.py").is_file()
     env = dict(e.split("=", 1) for e in worker["environment"])
     replica_env = dict(e.split("=", 1) for e in replica["environment"])
     # The app enqueues where the worker listens, and the job sees the replicas' MODEL_DIR, images and base.

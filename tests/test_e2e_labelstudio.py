@@ -39,10 +39,10 @@ import skimage.data
 import torch
 from PIL import Image
 
-from backend.rle import decode_rle, encode_mask
+from backend.ls.rle import decode_rle, encode_mask
 from model import default_checkpoint_path, save_checkpoint
 from model.clicks import points_tensor
-from model.losses import normalized_focal_loss
+from model.training.losses import normalized_focal_loss
 
 pytestmark = pytest.mark.e2e
 

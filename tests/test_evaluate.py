@@ -9,11 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from model.baselines import GrabCutBaseline, RandomWalkerBaseline
 from model.clicks import Click
-from model.datasets import load_dataset
-from model.evaluate import evaluate_sample, main
-from model.plot_curves import main as plot_main
+from model.evaluation.baselines import GrabCutBaseline, RandomWalkerBaseline
+from model.evaluation.datasets import load_dataset
+from model.evaluation.evaluate import main
+from model.evaluation.plot_curves import main as plot_main
+from model.protocol import evaluate_sample
 
 
 def make_folder(root: Path, n: int = 3) -> Path:

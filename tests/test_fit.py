@@ -32,10 +32,13 @@ from support import fit_image_path as image_path
 from support import fit_keypoint as keypoint
 from support import task_scene as scene
 
-from backend import fit_gate, fit_state, versions
-from backend.fit_gate import Rejected, choose_samples, decide, readiness, select, task_order
+from backend.common.atomic import atomic_write_json
+from backend.learning import gate as fit_gate
+from backend.learning import state as fit_state
+from backend.learning import versions
+from backend.learning.gate import Rejected, choose_samples, decide, readiness, select, task_order
+from backend.learning.store import SampleRow, TrainingStore
 from backend.settings import Settings, settings_from_json, settings_to_json
-from backend.training_store import SampleRow, TrainingStore
 from model import load_checkpoint, save_checkpoint
 
 
@@ -470,7 +473,7 @@ def test_settings_reach_the_job_process_unchanged(tmp_path) -> None:
 
 def test_next_version_never_reuses_a_number(tmp_path) -> None:
     assert versions.next_version(tmp_path, "m-1") == "m-1-v1"
-    versions.atomic_write_json(tmp_path / "current.json", {"serving": "m-1-v2", "base": "m-1", "promoted": [
+    atomic_write_json(tmp_path / "current.json", {"serving": "m-1-v2", "base": "m-1", "promoted": [
         {"version": "m-1-v1", "base": "m-1"}, {"version": "m-1-v2", "base": "m-1"}, {"version": "x-v9", "base": "x"}]})
     assert versions.next_version(tmp_path, "m-1") == "m-1-v3"
     (tmp_path / "versions").mkdir()

@@ -1,7 +1,7 @@
 """Fit jobs through Redis (``REDIS_URL``): two replicas and an RQ fit worker sharing one Redis and one ``MODEL_DIR``.
 
 Everything is a real process: ``redis-server``, replicas A and B (``python -m backend``) and, where a test starts
-one, ``python -m backend.fit_worker``. The data and the jobs are test_fit's: the tiny network, 64x80 disks from a
+one, ``python -m backend.learning.worker``. The data and the jobs are test_fit's: the tiny network, 64x80 disks from a
 stand-in Label Studio, 2 training steps, 3 evaluation clicks, ``FIT_LR=0`` and ``FIT_GATE=always`` so the candidate
 equals the serving model and is promoted, deterministically (the gate's rule is tested in test_fit). The tests share
 the replicas and run in file order, but each one asserts relative to what it finds (versions, queued job), so any one
@@ -36,8 +36,10 @@ from support import fit_image_path as image_path
 from support import fit_keypoint as keypoint
 from support import task_scene as scene
 
-from backend import fit_state, versions
-from backend.fit_queue import SERIALIZER
+from backend.common.atomic import atomic_write_json
+from backend.learning import state as fit_state
+from backend.learning import versions
+from backend.learning.queue import SERIALIZER
 from model import load_checkpoint, save_checkpoint
 
 PREFIX = "fq:"  # REDIS_PREFIX of these tests
@@ -81,7 +83,7 @@ class Cluster:
     workdir: Path
 
     def worker(self, name: str, **overrides: str) -> FitWorker:
-        """Start ``python -m backend.fit_worker`` configured like the replicas (plus ``overrides``)."""
+        """Start ``python -m backend.learning.worker`` configured like the replicas (plus ``overrides``)."""
         worker = FitWorker(name, self.workdir, {**self.env, **overrides})
         worker.wait_listening()
         return worker
@@ -367,7 +369,7 @@ def test_replicas_follow_the_pointer_file_while_redis_is_down(cluster: Cluster) 
         path = model_dir / "versions" / versions.version_file_name(version)
         versions.save_checkpoint_atomic(load_checkpoint(source), path, {"model_version": version})
         entry = {"version": version, "checkpoint": str(path.relative_to(model_dir)), "base": BASE, "job_id": None}
-        versions.atomic_write_json(model_dir / "current.json", {"schema": 1, "serving": version, "base": BASE,
+        atomic_write_json(model_dir / "current.json", {"schema": 1, "serving": version, "base": BASE,
                                                            "checkpoint": entry["checkpoint"],
                                                            "promoted": [*current["promoted"], entry]})
         for replica in (a, b):

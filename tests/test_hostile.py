@@ -18,8 +18,8 @@ import requests
 from ls_stub import FakeLabelStudio, Response, StubServer
 from support import Server, body, keypoint, mask_of, scene, settings_for
 
-from backend import safe_http
-from backend.safe_http import UnsafeURLError, check_url, is_public_address, origin
+from backend.images import safe_http
+from backend.images.safe_http import UnsafeURLError, check_url, is_public_address, origin
 
 PNG, OBJ = scene()
 UPLOAD = "/data/upload/1/scene.png"
@@ -238,7 +238,7 @@ def secret_backend(checkpoint, ls) -> Iterator[Server]:
 def created(annotation_id: int = 11, task_id: int = 7) -> dict:
     from support import CONFIG, H, W
 
-    from backend.rle import encode_mask
+    from backend.ls.rle import encode_mask
 
     region = {"id": "r1", "type": "brushlabels", "from_name": "tag", "to_name": "image", "original_width": W,
               "original_height": H, "image_rotation": 0,
@@ -352,7 +352,7 @@ def test_malformed_numbers_ids_nesting_and_labels_are_400(secret_backend) -> Non
 def test_disk_full_on_webhook_is_507_and_serving_goes_on(secret_backend, monkeypatch) -> None:
     import errno
 
-    from backend.training_store import TrainingStore
+    from backend.learning.store import TrainingStore
 
     def full(self, event):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -367,7 +367,7 @@ def test_disk_full_on_webhook_is_507_and_serving_goes_on(secret_backend, monkeyp
 
 
 def test_old_versions_are_pruned(tmp_path: Path) -> None:
-    from backend.versions import prune_versions
+    from backend.learning.versions import prune_versions
 
     (tmp_path / "versions").mkdir()
     promoted = []
@@ -394,7 +394,7 @@ def test_a_fit_job_does_not_outlive_the_app(tmp_path: Path) -> None:
     app = subprocess.Popen([sys.executable, "-c", (
         "import subprocess, sys, time\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import os, time\\n"
-        "from backend.fit_job import exit_with_parent\\n"
+        "from backend.learning.job import exit_with_parent\\n"
         "exit_with_parent(os.getppid(), 0.2)\\n"
         "time.sleep(60)'])\n"
         "print(child.pid, flush=True)\n"
@@ -460,7 +460,7 @@ def test_overload_is_shed_quickly_and_accepted_clicks_are_answered(checkpoint, l
 def test_jobs_past_their_deadline_are_dropped_unrun() -> None:
     import time
 
-    from backend.inference_worker import InferenceWorker
+    from backend.serve.worker import InferenceWorker
 
     worker = InferenceWorker(lambda: (__import__("torch").nn.Identity(), "v"), {}, queue_size=8).start()
     worker.wait_ready(30)

@@ -16,18 +16,18 @@ import pytest
 from ls_stub import FakeLabelStudio, Response, StubServer
 from PIL import Image
 
-from backend.images import (
+from backend.images.errors import (
     ImageAuthError,
     ImageBadUrl,
     ImageDecodeError,
     ImageError,
     ImageForbidden,
-    ImageLoader,
     ImageNotFound,
     ImageTooLarge,
     ImageUnreachable,
 )
-from backend.ls_auth import LabelStudioAuth
+from backend.images.loader import ImageLoader
+from backend.images.ls_auth import LabelStudioAuth
 
 UPLOAD = "/data/upload/1/x.png"
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from ls_stub import LEGACY_TOKEN, FakeLabelStudio, make_jwt
 
-from backend.ls_auth import (
+from backend.images.ls_auth import (
     LabelStudioAuth,
     LabelStudioConfigError,
     LabelStudioConnectionError,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from model.datasets import decode_mask
+from model.evaluation.datasets import decode_mask
 from model.metrics import (
     assd,
     boundary_band,

@@ -1,4 +1,4 @@
-"""The size check of scripts/pack_device_data.py: what the device call carries, as the device tool counts it."""
+"""The size check of experiments/pack_device_data.py: what the device call carries, as the device tool counts it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib.util
 import subprocess
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pack_device_data.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "pack_device_data.py"
 
 
 def _module():

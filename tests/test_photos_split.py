@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from model.metrics import harmful_clicks
-from model.train_data import TRAIN_SETS, AugmentConfig, SampleMaker, build_index, load_entries
-from model.train_step import click_neighbourhood, fcfi_loss
-from model.validation import validation_parts
+from model.training.data import TRAIN_SETS, AugmentConfig, SampleMaker, build_index, load_entries
+from model.training.step import click_neighbourhood, fcfi_loss
+from model.training.validation import validation_parts
 
 
 def make_voc_like(root: Path, n: int = 40) -> None:

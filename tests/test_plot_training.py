@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from model.plot_training import main, training_time
+from model.training.plot import main, training_time
 
 
 def _write_log(path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The /predict pipeline without HTTP: the parser, and :class:`backend.service.PredictService` on a real worker."""
+"""The /predict pipeline without HTTP: the parser, and :class:`backend.serve.service.PredictService` on a real
+worker."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import pytest
 from PIL import Image
 from support import CONFIG, H, W, body, keypoint, scene
 
-from backend.errors import BadRequest, TooLarge, Unprocessable
-from backend.feedback_store import MemoryFeedbackStore
-from backend.images import LoadedImage
-from backend.inference_worker import InferenceWorker
-from backend.parse import click_session, opened_image, parse_predict
-from backend.rle import decode_rle
-from backend.service import PredictService
+from backend.common.errors import BadRequest, TooLarge, Unprocessable
+from backend.feedback.store import MemoryFeedbackStore
+from backend.images.loader import LoadedImage
+from backend.ls.rle import decode_rle
+from backend.serve.parse import click_session, opened_image, parse_predict
+from backend.serve.service import PredictService
+from backend.serve.worker import InferenceWorker
 
 # -- the parser ---------------------------------------------------------------------------------------------------
 

@@ -15,11 +15,11 @@ from support import disk, make_data_root
 
 from model import build_model, load_checkpoint, save_checkpoint
 from model.clicks import points_tensor
-from model.ema import WeightEMA
-from model.leak_guard import evaluation_images, find_matches
-from model.train import main as train_main
-from model.train_data import AugmentConfig, SampleMaker, TrainImage, build_index, load_entries, present_sets
-from model.train_step import lr_at, simulate_and_forward
+from model.training.data import AugmentConfig, SampleMaker, TrainImage, build_index, load_entries, present_sets
+from model.training.ema import WeightEMA
+from model.training.leak_guard import evaluation_images, find_matches
+from model.training.step import lr_at, simulate_and_forward
+from model.training.train import main as train_main
 
 DATA_ROOT = Path(os.environ.get("FCFI_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

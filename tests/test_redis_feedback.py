@@ -18,12 +18,13 @@ from ls_stub import FakeLabelStudio
 from redis_proc import Backend, RedisServer, child_env, free_port, redis_server_binary
 from support import Server, body, keypoint, mask_of, scene, settings_for
 
-from backend.feedback_store import MemoryFeedbackStore, prefix_keys
-from backend.redis_feedback import RedisFeedbackStore, make_feedback_store, redact_url
+from backend.common.redis_client import redact_url
+from backend.feedback.redis_store import RedisFeedbackStore, make_feedback_store
+from backend.feedback.store import MemoryFeedbackStore, prefix_keys
 from backend.settings import Settings
 from model import Click, save_checkpoint
 
-LOGGER = "backend.redis_feedback"
+LOGGER = "backend.feedback.redis_store"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for backend.rle: byte equality with label_studio_sdk's brush codec, round trips, errors.
+"""Tests for backend.ls.rle: byte equality with label_studio_sdk's brush codec, round trips, errors.
 
 The SDK comparisons are skipped when label_studio_sdk is not installed. Its decoder is a per-bit
 Python loop, so the noisy masks compared against it stay small (64x64).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.rle import RLEError, decode_rle, decode_values, encode_alpha, encode_mask, encode_values
+from backend.ls.rle import RLEError, decode_rle, decode_values, encode_alpha, encode_mask, encode_values
 
 
 def _brush():

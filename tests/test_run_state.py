@@ -11,8 +11,9 @@ import torch
 from support import make_data_root
 
 from model import load_checkpoint
-from model.run_state import RunStateError, main, pack, run_step, unpack
-from model.train import main as train_main
+from model.training.run_state import RunStateError, main, pack, pack_compact, run_step, unpack, unpack_compact
+from model.training.step import lr_at
+from model.training.train import main as train_main
 
 
 def _args(out: Path, data: Path) -> list[str]:
@@ -110,3 +111,35 @@ def test_a_folder_mid_checkpoint_and_foreign_files_are_refused(tmp_path: Path, c
     shutil.copy(tmp_path / "last2.pth", tmp_path / "ok" / "last.pth")
     with pytest.raises(RunStateError, match="interrupted"):
         unpack(tmp_path / "ok", tmp_path / "new")
+
+
+def test_one_file_state_resumes_with_a_fresh_optimizer_and_a_rewarm(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_data_root(data)
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_main(_args(a, data) + ["--stop-at", "2"])
+    info = pack_compact(a, tmp_path / "state.pt")
+    assert info["step"] == 2 and (tmp_path / "state.pt").stat().st_size < 20e6
+    # Smaller than the two weight files it replaces: the EMA is stored in half precision, no optimizer moments.
+    assert info["bytes"] < (a / "last.pth").stat().st_size + (a / "ema.pth").stat().st_size
+    assert unpack_compact(tmp_path / "state.pt", b) == {"step": 2, "restored": True, "folder_step": -1}
+    assert unpack_compact(tmp_path / "state.pt", b)["restored"] is False  # never moves a folder backwards
+    raw_a = torch.load(a / "last.pth", weights_only=True)["state_dict"]
+    raw_b = torch.load(b / "last.pth", weights_only=True)["state_dict"]
+    assert all(torch.equal(raw_a[k], raw_b[k]) for k in raw_a)  # the raw weights are exact
+    ema_a = torch.load(a / "ema.pth", weights_only=True)["state_dict"]
+    ema_b = torch.load(b / "ema.pth", weights_only=True)["state_dict"]
+    for k, v in ema_a.items():
+        assert ema_b[k].dtype == v.dtype
+        torch.testing.assert_close(ema_b[k], v, rtol=2 ** -10, atol=1e-4)
+    assert torch.load(b / "train_state.pth", weights_only=True)["optimizer"] is None
+    assert (a / "log.jsonl").read_text() == (b / "log.jsonl").read_text()
+
+    train_main(_args(b, data) + ["--rewarm", "4"])
+    log_b = [json.loads(line) for line in (b / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log_b if "loss" in r]
+    assert [r["step"] for r in steps] == [0, 1, 2, 3]
+    # Steps 2 and 3 are the first of the re-warm: a quarter and half of the schedule's rate.
+    assert steps[2]["lr"] == pytest.approx(lr_at(2, 4, 2e-3, 1, 0.85, "cosine") / 4)
+    assert steps[3]["lr"] == pytest.approx(lr_at(3, 4, 2e-3, 1, 0.85, "cosine") / 2)
+    assert load_checkpoint(b / "final.pth").checkpoint_meta["step"] == 4

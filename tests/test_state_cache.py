@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 
-from backend.feedback_store import MemoryFeedbackStore
-from backend.state_cache import StateCache
+from backend.feedback.state_cache import StateCache
+from backend.feedback.store import MemoryFeedbackStore
 from model import Click, PredictorState
 
 

@@ -11,12 +11,12 @@ import torch
 from support import disk, make_data_root
 
 from model import load_checkpoint
-from model.losses import normalized_focal_loss
-from model.sampling import interior_point, next_click, sample_initial_clicks
-from model.train import StepBatches, iter_batches, parse_crop_schedule
-from model.train import main as train_main
-from model.train_data import AugmentConfig, SampleMaker, _split_of, build_index, load_entries
-from model.train_step import clip_gradients
+from model.training.data import AugmentConfig, SampleMaker, _split_of, build_index, load_entries
+from model.training.losses import normalized_focal_loss
+from model.training.sampling import interior_point, next_click, sample_initial_clicks
+from model.training.step import clip_gradients
+from model.training.train import StepBatches, iter_batches, parse_crop_schedule
+from model.training.train import main as train_main
 
 
 def test_interior_point_is_deep_inside() -> None:
@@ -113,7 +113,7 @@ def test_training_run_writes_checkpoint_and_resumes(tmp_path: Path) -> None:
     net = load_checkpoint(out / "final.pth")
     after = net.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
-    assert net.checkpoint_meta["step"] == 4 and "model.train" in net.checkpoint_meta["command"]
+    assert net.checkpoint_meta["step"] == 4 and "model.training.train" in net.checkpoint_meta["command"]
     assert json.loads((out / "data_list.json").read_text())["train"]
     # Fine-tuning from it records where it started, so the chain survives the init file being replaced.
     train_main([a if a != str(out) else str(tmp_path / "ft") for a in args] + ["--steps", "1", "--init",

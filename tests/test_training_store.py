@@ -1,7 +1,7 @@
-"""Tests for backend.training_store: webhook payloads in, the right masks stored durably.
+"""Tests for backend.learning.store: webhook payloads in, the right masks stored durably.
 
 Payloads are built as Label Studio sends them (builders from support.py) and go through
-:func:`backend.webhooks.parse_event`, as the ``/webhook`` handler does. Crashes are simulated in process
+:func:`backend.learning.webhooks.parse_event`, as the ``/webhook`` handler does. Crashes are simulated in process
 (an exception while writing files or committing) and for real (a forked child that ``os._exit``-s midway).
 """
 
@@ -27,10 +27,10 @@ from support import (
     keypoint_result,
 )
 
-import backend.training_store as ts
-from backend.errors import BadRequest
-from backend.training_store import SampleRow, StoreError, TrainingStore, split_for_task
-from backend.webhooks import AnnotationEvent, DeleteEvent, parse_event
+import backend.learning.store as ts
+from backend.common.errors import BadRequest
+from backend.learning.store import SampleRow, StoreError, TrainingStore, split_for_task
+from backend.learning.webhooks import AnnotationEvent, DeleteEvent, parse_event
 
 H, W = 40, 56
 MASK_A, MASK_B, MASK_C = disc(H, W, 15, 20, 9), disc(H, W, 28, 40, 7), disc(H, W, 20, 10, 5)

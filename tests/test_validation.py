@@ -1,4 +1,4 @@
-"""model.validation: the CLI scores a checkpoint on the training run's split with the options it was given."""
+"""model.training.validation: the CLI scores a checkpoint on the training run's split with the options it was given."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from support import make_data_root
 
 import model.predictor
-from model.train_data import build_index, present_sets
-from model.validation import main, validation_entries
+from model.training.data import build_index, present_sets
+from model.training.validation import main, validation_entries
 
 
 def test_cli_passes_the_settings_to_the_predictor_and_writes_curves(

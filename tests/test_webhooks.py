@@ -1,4 +1,4 @@
-"""Tests for backend.webhooks: Label Studio webhook bodies -> typed events.
+"""Tests for backend.learning.webhooks: Label Studio webhook bodies -> typed events.
 
 The payload builders (``support.py``) follow what Label Studio 1.23 sends (its ``webhooks/models.py``):
 ``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED`` carry the full ``annotation``, ``task`` and ``project`` rows,
@@ -24,8 +24,8 @@ from support import (
     keypoint_result,
 )
 
-from backend.errors import BadRequest
-from backend.webhooks import (
+from backend.common.errors import BadRequest
+from backend.learning.webhooks import (
     AnnotationEvent,
     DeleteEvent,
     Ignored,

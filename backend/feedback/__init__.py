@@ -1,0 +1,1 @@
+"""Feedback states of the click path: the predictor's state after each click, keyed by the click prefix."""
