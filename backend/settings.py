@@ -30,8 +30,8 @@
 | ``ZOOM_IN`` / ``FLIP`` | ``true`` / ``true`` | predictor settings |
 | ``TARGET_SIZE`` / ``EXPANSION_RATIO`` / ``MAX_SIZE`` | ``480`` / ``3.0`` / ``480`` | predictor: px, ratio, px |
 | ``CLICKED_PARTS_ONLY`` | ``true`` | answer only the mask's parts that hold a positive click (``false``: all parts) |
-| ``LOCAL_MERGE`` | ``true`` | a corrective click changes the mask only where its change reaches the click |
-| ``CLICK_GUARANTEE`` | ``3`` | radius (px) of each click's disk held on the click's side in the answer (-1: off) |
+| ``LOCAL_MERGE`` | ``false`` | a corrective click changes the mask only where its change reaches the click |
+| ``CLICK_GUARANTEE`` | ``1`` | radius (px) of each click's disk held on the click's side in the answer (-1: off) |
 | ``RUNTIME`` | ``openvino`` | CPU runtime of the network: ``openvino``, ``onnxruntime`` or ``torch`` (see below) |
 | ``TORCH_THREADS`` | adaptive | CPU threads of a click; unset: the cores other processes leave free (see below) |
 | ``MODEL_VERSION`` | from the checkpoint | version string reported to Label Studio |

@@ -66,8 +66,9 @@ def local_change(prev_mask: np.ndarray, new_mask: np.ndarray, click: Click) -> n
     return keep[labels]
 
 
-#: Radius (image pixels) of the neighbourhood :func:`guarantee_clicks` holds on a click's side.
-GUARANTEE_RADIUS = 3
+#: Radius (image pixels) of the neighbourhood :func:`guarantee_clicks` holds on a click's side: the click's pixel and
+#: its immediate neighbours.
+GUARANTEE_RADIUS = 1
 
 
 def guarantee_clicks(probs: np.ndarray, clicks: Sequence[Click], threshold: float,
