@@ -94,3 +94,9 @@ def test_click_loss_looks_only_at_the_clicks_neighbourhood() -> None:
     wrong_near = logits.clone()
     wrong_near[0, 0, 8:13, 8:13] = -6.0
     assert fcfi_loss({"instances": wrong_near}, masks, (0.0, 0.0), near, 1.0)[1]["clicks"] > right["clicks"] + 0.01
+
+
+@pytest.mark.parametrize("name", ["DSB2018_nuclei", "CamVid", "GrabCut"])
+def test_domain_and_evaluation_sets_are_refused_for_training(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="never train"):
+        build_index(tmp_path, [name])

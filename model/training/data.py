@@ -26,6 +26,8 @@ from model.evaluation.datasets import IMAGE_EXTS
 from model.training.sampling import sample_initial_clicks
 
 EVAL_ONLY = {"grabcut", "berkeley", "davis"}
+#: Stand-ins for a team's own domain, for measuring the fit hook: never in the default model's training mix.
+DOMAIN_ONLY = {"dsb2018_nuclei", "camvid"}
 IGNORE_VALUE = 128  # the uncertain band of binary masks
 
 
@@ -156,6 +158,8 @@ def build_index(root: Path, datasets: list[str], val_fraction: float = VAL_FRACT
     for name in datasets:
         if name.lower() in EVAL_ONLY:
             raise ValueError(f"{name} is an evaluation set; never train on it")
+        if name.lower() in DOMAIN_ONLY:
+            raise ValueError(f"{name} is a domain set of the fit hook's benchmark; never train the default model on it")
         if name not in TRAIN_SETS:
             raise ValueError(f"unknown training set {name!r}; choose from {', '.join(TRAIN_SETS)}")
         ts = TRAIN_SETS[name]

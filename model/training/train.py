@@ -10,7 +10,7 @@ The FCFI recipe (paper Sec. 3.4 and 4.1) at CPU scale:
   click exactly (the centre click alone, no feedback, gate 0);
 * data: every training set, drawn by per-set weights (``--sampling sets``), objects under
   ``--min-object-frac`` of the image left out, regions touching three image sides drawn at
-  ``--stuff-weight``; mask value 128 ignored by every loss;
+  ``--stuff-weight``; mask value 128 (and VOC2012_val's 255 void band) ignored by every loss;
 * augmentation (:class:`model.training.data.AugmentConfig`): scale-matched views that hold the whole object
   (``--view-prob``) and native-scale crops, flip, brightness/contrast/RGB jitter, feathered copy-paste of
   object cut-outs (``--paste-prob``), merged multi-object masks; a larger crop for the tail of the schedule;
@@ -26,9 +26,9 @@ The FCFI recipe (paper Sec. 3.4 and 4.1) at CPU scale:
   ``--device cuda``, ``--snapshot-every N`` saves the EMA as ``OUT/stepN.pth`` without validating;
 * resume from ``OUT/last.pth`` + ``OUT/train_state.pth`` (``--stop-at`` pauses a schedule on purpose); a
   progress bar; ``OUT/log.jsonl`` of losses, gradient norms and validation NoC; ``OUT/stepN.pth`` at every
-  validation and ``OUT/best.pth`` by validation NoC@90; optional ``--clip-grad``; the command line and data
-  list recorded in ``OUT`` (and in each checkpoint's ``meta``, with the ``--init`` checkpoint's own meta);
-  a fixed ``--seed``.
+  validation and ``OUT/best.pth`` by validation NoC@90 summed over both parts; optional ``--clip-grad``; the
+  command line and data list recorded in ``OUT`` (and in each checkpoint's ``meta``, with the ``--init``
+  checkpoint's own meta); a fixed ``--seed``; ``--rewarm`` after a resume without optimizer state.
 
 Every batch is drawn from a generator seeded with (seed, step), so a resumed run sees the same data
 as an uninterrupted one.
