@@ -239,18 +239,17 @@ def unpack_compact(src: str | os.PathLike, run_dir: str | os.PathLike) -> dict[s
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pack", help="write RUN_DIR's resume state into the folder DEST")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("dest", type=Path)
-    u = sub.add_parser("unpack", help="restore the packed folder SRC into RUN_DIR unless it is already as far")
-    u.add_argument("src", type=Path)
-    u.add_argument("run_dir", type=Path)
-    p1 = sub.add_parser("pack-one", help="write RUN_DIR's resume state into ONE file DEST (no optimizer moments)")
-    p1.add_argument("run_dir", type=Path)
-    p1.add_argument("dest", type=Path)
-    u1 = sub.add_parser("unpack-one", help="restore the file SRC of pack-one into RUN_DIR unless it is already as far")
-    u1.add_argument("src", type=Path)
-    u1.add_argument("run_dir", type=Path)
+    commands = (("pack", ("run_dir", "dest"), "write RUN_DIR's resume state into the folder DEST"),
+                ("unpack", ("src", "run_dir"), "restore the packed folder SRC into RUN_DIR unless it is already as "
+                                               "far"),
+                ("pack-one", ("run_dir", "dest"), "write RUN_DIR's resume state into ONE file DEST (no optimizer "
+                                                  "moments)"),
+                ("unpack-one", ("src", "run_dir"), "restore the file SRC of pack-one into RUN_DIR unless it is "
+                                                   "already as far"))
+    for name, operands, text in commands:
+        command = sub.add_parser(name, help=text)
+        for operand in operands:
+            command.add_argument(operand, type=Path)
     args = ap.parse_args(argv)
     try:
         if args.command in ("pack", "pack-one"):
