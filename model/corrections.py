@@ -27,12 +27,16 @@ MERGE_RADIUS_FRAC = 0.01
 MERGE_MIN_RADIUS = 3
 
 
-def _disk(shape: tuple[int, int], click: Click, radius: int) -> np.ndarray:
+def _disk(shape: tuple[int, int], click: Click, radius: int) -> tuple[tuple[slice, slice], np.ndarray]:
+    """``(window, disk)``: the slices of the image window around ``click`` and the bool disk of ``radius`` inside it,
+    so a caller touches ``(2 radius + 1)^2`` pixels per click, not the whole image (this runs on every click)."""
     h, w = shape
-    out = np.zeros((h, w), np.uint8)
-    cx, cy = min(int(click.x), w - 1), min(int(click.y), h - 1)
-    cv2.circle(out, (cx, cy), int(radius), 1, thickness=-1)
-    return out.view(bool)
+    cx, cy, r = min(int(click.x), w - 1), min(int(click.y), h - 1), int(radius)
+    y0, x0 = max(cy - r, 0), max(cx - r, 0)
+    window = (slice(y0, min(cy + r + 1, h)), slice(x0, min(cx + r + 1, w)))
+    out = np.zeros((window[0].stop - y0, window[1].stop - x0), np.uint8)
+    cv2.circle(out, (cx - x0, cy - y0), r, 1, thickness=-1)
+    return window, out.view(bool)
 
 
 def merge_radius(shape: tuple[int, int]) -> int:
@@ -57,9 +61,9 @@ def local_change(prev_mask: np.ndarray, new_mask: np.ndarray, click: Click) -> n
     if not changed.any():
         return None
     count, labels = cv2.connectedComponents(changed.view(np.uint8), connectivity=8)
-    near = _disk(changed.shape, click, merge_radius(changed.shape))
+    window, near = _disk(changed.shape, click, merge_radius(changed.shape))
     keep = np.zeros(count, bool)
-    keep[np.unique(labels[near & changed])] = True
+    keep[np.unique(labels[window][near & changed[window]])] = True
     keep[0] = False
     if keep[1:].all():
         return None
@@ -88,10 +92,11 @@ def guarantee_clicks(probs: np.ndarray, clicks: Sequence[Click], threshold: floa
     above = np.nextafter(np.float32(threshold), np.float32(1))
     out = probs
     for c in clicks:
-        disk = _disk(probs.shape, c, radius)
-        wrong = disk & ((out <= threshold) if c.positive else (out > threshold))
+        window, disk = _disk(probs.shape, c, radius)
+        part = out[window]
+        wrong = disk & ((part <= threshold) if c.positive else (part > threshold))
         if wrong.any():
             if out is probs:
                 out = probs.copy()
-            out[wrong] = above if c.positive else below
+            out[window][wrong] = above if c.positive else below
     return out

@@ -197,7 +197,7 @@ def pack_compact(run_dir: str | os.PathLike, dest: str | os.PathLike) -> dict[st
                                 "written; pause the run or try again")
     texts = {name: _tensor(gzip.compress((run / name).read_bytes())) for name in TEXT_FILES if (run / name).exists()}
     payload = {"format": COMPACT_FORMAT, "step": step, "texts": texts,
-               "last": {**last, "state_dict": last["state_dict"]},
+               "last": last,
                "ema": {**ema, "state_dict": _halve(ema["state_dict"])},
                "train_state": {k: v for k, v in state.items() if k != "optimizer"}}
     buf = io.BytesIO()
